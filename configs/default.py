@@ -1,0 +1,108 @@
+"""Every configuration field, with its default. Dataset configs override what differs.
+
+Any field can be set on the command line, e.g.
+    python main.py --config=configs/mnist.py --workdir=runs/mnist --config.training.batch_size=256
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default configuration."""
+    config = ml_collections.ConfigDict()
+    # Seed for parameter init, batch draws, noise and sampling.
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    # TFDS dataset name: mnist, fashion_mnist or cifar10.
+    data.dataset = "mnist"
+    # TFDS data directory; empty means $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets).
+    data.data_dir = ""
+    # Training split, in TFDS split syntax (e.g. "train[:1024]" for a quick run).
+    data.train_split = "train"
+    # Let TFDS download and prepare a missing dataset (needs network).
+    data.download = False
+    # Pixel range the model sees: [-1, 1] if True, else [0, 1] (the seed's).
+    data.centered = False
+    # Random horizontal flips, drawn inside the jitted step.
+    data.random_flip = False
+
+    config.model = model = ml_collections.ConfigDict()
+    # Score network: seed_unet (the original layout, transposed convs),
+    # seed_unet_resize (same, resize+conv upsampling) or unet (residual + attention).
+    model.name = "seed_unet_resize"
+    # Channels per resolution level (seed nets take exactly 4 levels).
+    model.channels = (32, 64, 128, 256)
+    # Width of the Gaussian-Fourier time embedding.
+    model.embed_dim = 256
+    # Standard deviation of the fixed random Fourier frequencies.
+    model.fourier_scale = 30.0
+    # unet only: residual blocks per level on the way down.
+    model.num_res_blocks = 2
+    # unet only: feature-map sides (e.g. 7, 8) that get self-attention.
+    model.attention_resolutions = (7,)
+    # unet only: attention heads.
+    model.num_heads = 1
+    # unet only: dropout rate inside residual blocks.
+    model.dropout = 0.1
+
+    config.sde = sde = ml_collections.ConfigDict()
+    # Noise process: ve (the seed's dx = sigma^t dw), vp or subvp.
+    sde.name = "ve"
+    # ve: sigma of dx = sigma^t dw.
+    sde.sigma = 25.0
+    # vp/subvp: beta(t) = beta_min + t (beta_max - beta_min).
+    sde.beta_min = 0.1
+    # vp/subvp: see beta_min.
+    sde.beta_max = 20.0
+
+    config.training = training = ml_collections.ConfigDict()
+    # Optimizer steps in total (a resumed run continues up to this number).
+    training.num_steps = 20_000
+    # Global batch size, split over all devices.
+    training.batch_size = 128
+    # Peak learning rate of AdamW.
+    training.learning_rate = 1e-3
+    # Linear warmup steps from 0 to the peak learning rate.
+    training.warmup_steps = 500
+    # After warmup: "cosine" decay to end_lr_factor * peak, or "constant".
+    training.schedule = "cosine"
+    # Final learning rate of the cosine schedule, as a fraction of the peak.
+    training.end_lr_factor = 0.01
+    # AdamW decoupled weight decay (applied to kernels only).
+    training.weight_decay = 0.0
+    # Gradient clipping by global norm (0 disables).
+    training.grad_clip = 1.0
+    # Decay of the EMA of the parameters used for sampling (warmed up as min(decay, (1+n)/(10+n))).
+    training.ema_decay = 0.999
+    # Smallest diffusion time in the loss, t ~ U(eps, 1).
+    training.eps = 1e-5
+    # Optimizer steps per compiled call (a lax.scan; unrolled on CPU, where rolled is slower).
+    training.steps_per_call = 1
+    # bf16 compute with float32 parameters and optimizer state.
+    training.half_precision = False
+    # Log metrics every this many steps (a multiple of steps_per_call).
+    training.log_every = 100
+    # Save a checkpoint (and a sample grid) every this many steps (a multiple of steps_per_call).
+    training.checkpoint_every = 1000
+    # Checkpoints to keep.
+    training.keep_checkpoints = 3
+    # Draw a sample grid with the EMA parameters at each checkpoint.
+    training.sample_at_checkpoints = True
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    # euler_maruyama (the seed's), pc (predictor-corrector) or ode (probability flow, Heun).
+    sampling.sampler = "euler_maruyama"
+    # Iterations of the sampler's scan (NFE: em = n, pc = n (1 + corrector_steps), ode = 2n).
+    sampling.num_steps = 500
+    # Samples per grid / per --mode=sample run.
+    sampling.num_samples = 64
+    # Smallest time the sampler reaches.
+    sampling.eps = 1e-3
+    # pc only: reverse_diffusion (ancestral) or euler_maruyama.
+    sampling.predictor = "reverse_diffusion"
+    # pc only: Langevin corrector steps per time step.
+    sampling.corrector_steps = 1
+    # pc only: signal-to-noise ratio that sets the Langevin step size.
+    sampling.snr = 0.16
+    return config

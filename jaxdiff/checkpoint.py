@@ -1,0 +1,51 @@
+"""Checkpoints under `workdir/checkpoints`: the only module that knows orbax."""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from jaxdiff.errors import UserError
+
+
+class Checkpointer:
+    """Saves and restores the train state; keeps the newest `keep` steps.
+
+    Saves are asynchronous (the device-to-host copy happens before `save`
+    returns, the file writing in the background); `close` waits for them.
+    """
+
+    def __init__(self, workdir: str, keep: int = 3, create: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if not create and not os.path.isdir(self.directory):
+            raise UserError(f"no checkpoint in {self.directory}: train first (--mode=train)")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        """Writes `state` as checkpoint `step` (no-op if that step exists)."""
+        if step not in self._manager.all_steps():
+            self._manager.save(step, args=ocp.args.StandardSave(state))
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+        """Restores into the structure, shapes and shardings of `abstract_state`.
+
+        Args:
+          abstract_state: pytree of jax.ShapeDtypeStruct (with shardings).
+          step: which checkpoint; the latest if None.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"no checkpoint in {self.directory}: train first (--mode=train)")
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

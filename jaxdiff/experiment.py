@@ -1,0 +1,69 @@
+"""A validated config turned into the objects a run is made of: model, SDE, mesh."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxdiff import data, parallel, samplers
+from jaxdiff.errors import UserError
+from jaxdiff.models import create_model
+from jaxdiff.sde import SDE, create_sde
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What training and sampling are built from, checked against each other."""
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    sde: SDE
+    image_shape: tuple[int, int, int]
+    mesh: jax.sharding.Mesh
+
+
+_POSITIVE_TRAINING_FIELDS = (
+    "batch_size",
+    "steps_per_call",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+
+
+def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    """Validates the whole config and builds model, SDE and mesh; reads and writes no file.
+
+    Raises:
+      UserError: for any unknown name or impossible setting, naming the field.
+    """
+    image_shape, _ = data.dataset_info(config.data.dataset)
+    sde = create_sde(config.sde)
+    samplers.create_sampler(config.sampling)
+    t = config.training
+    for field in _POSITIVE_TRAINING_FIELDS:
+        if t[field] < 1:
+            raise UserError(f"training.{field} must be positive, got {t[field]}")
+    if t.num_steps < 0:
+        raise UserError(f"training.num_steps must be >= 0, got {t.num_steps}")
+    for field in ("num_steps", "log_every", "checkpoint_every"):
+        if t[field] % t.steps_per_call:
+            raise UserError(
+                f"training.{field}={t[field]} must be a multiple of "
+                f"training.steps_per_call={t.steps_per_call}"
+            )
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise UserError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 < t.eps < 1.0:
+        raise UserError(f"training.eps must be in (0, 1), got {t.eps}")
+    if config.sampling.num_samples < 1:
+        raise UserError(f"sampling.num_samples must be positive, got {config.sampling.num_samples}")
+    mesh = parallel.create_mesh()
+    if t.batch_size % mesh.size:
+        raise UserError(
+            f"training.batch_size={t.batch_size} is not divisible by the {mesh.size} devices"
+        )
+    model = create_model(config.model, image_shape, jnp.bfloat16 if t.half_precision else None)
+    return Experiment(config=config, model=model, sde=sde, image_shape=image_shape, mesh=mesh)

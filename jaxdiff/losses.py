@@ -1,0 +1,36 @@
+"""Continuous-time denoising score matching."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.sde import SDE, _bcast
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: float) -> jax.Array:
+    """Denoising score matching loss with the seed's weighting lambda(t) = std(t)^2.
+
+    t ~ U(eps, 1), x_t = alpha(t) x0 + std(t) z, and the loss is
+    E || std(t) * score(x_t, t) + z ||^2, summed over pixels and averaged over
+    the batch (the seed's convention). Its minimiser is the score of p(x_t).
+
+    Args:
+      score_fn: maps (x_t, t) with t of shape (B,) to a score shaped like x_t.
+      sde: the noise process.
+      x0: clean data, (B, ...).
+      key: PRNG key for t and z.
+      eps: smallest time, which keeps std(t) away from 0.
+
+    Returns:
+      The scalar loss.
+    """
+    t_key, z_key = jax.random.split(key)
+    t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=1.0)
+    z = jax.random.normal(z_key, x0.shape)
+    mean, std = sde.marginal_prob(x0, t)
+    score = score_fn(mean + _bcast(std, x0) * z, t)
+    residual = _bcast(std, x0) * score.astype(jnp.float32) + z
+    return jnp.mean(jnp.sum(residual**2, axis=tuple(range(1, x0.ndim))))

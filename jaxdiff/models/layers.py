@@ -1,0 +1,98 @@
+"""Building blocks shared by the score networks."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = jnp.dtype
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm groups: max_groups where it divides the channels, else their gcd."""
+    return math.gcd(channels, max_groups)
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of t: [sin(2 pi t W), cos(2 pi t W)], W ~ N(0, scale^2).
+
+    W is fixed, not trained (as in the seed). It is a constant of the module, not
+    a parameter, so the optimizer (and its weight decay) never touches it; the
+    fixed seed makes every instance use the same frequencies.
+    """
+
+    embed_dim: int
+    scale: float = 30.0
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        w = np.random.default_rng(0).standard_normal(self.embed_dim // 2) * self.scale
+        proj = t[:, None] * jnp.asarray(w, jnp.float32)[None, :] * 2 * np.pi
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """Fourier features -> dense -> swish: the vector added at every level."""
+
+    embed_dim: int
+    scale: float = 30.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        features = GaussianFourierProjection(self.embed_dim, self.scale)(t)
+        return nn.swish(nn.Dense(self.embed_dim, dtype=self.dtype)(features))
+
+
+class ResBlock(nn.Module):
+    """DDPM residual block: GN-swish-conv, + time projection, GN-swish-dropout-conv, + skip."""
+
+    out_channels: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+        in_channels = x.shape[-1]
+        h = nn.swish(nn.GroupNorm(group_count(in_channels), dtype=self.dtype)(x))
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
+        h = h + nn.Dense(self.out_channels, dtype=self.dtype)(temb)[:, None, None, :]
+        h = nn.swish(nn.GroupNorm(group_count(self.out_channels), dtype=self.dtype)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        # Zero-initialised last conv: each block starts as the identity, which
+        # keeps early training stable in deep nets (DDPM, NCSN++).
+        h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(
+            h
+        )
+        if in_channels != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+        return x + h
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-GroupNorm multi-head self-attention over the pixels of a feature map, + residual."""
+
+    num_heads: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"{c} channels do not split into {self.num_heads} heads")
+        y = nn.GroupNorm(group_count(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+        qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads), dtype=self.dtype)(y)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Dispatches to fused (flash) kernels where the backend has them.
+        out = jax.nn.dot_product_attention(q, k, v)
+        out = nn.DenseGeneral(
+            c, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype
+        )(out)
+        return x + out.reshape(b, h, w, c)
+
+
+def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Nearest-neighbour resize of an NHWC map to (height, width)."""
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="nearest")

@@ -1,0 +1,140 @@
+"""Score U-Nets: the seed's small net and a residual/attention ("enhanced") net.
+
+Both map (x_t, t) to a tensor shaped like x_t; `jaxdiff.train.score_fn` divides
+it by the marginal std(t), so the network predicts -z rather than a score whose
+scale spans three orders of magnitude.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.models.layers import (
+    Dtype,
+    ResBlock,
+    SelfAttentionBlock,
+    TimeEmbedding,
+    group_count,
+    resize_to,
+)
+
+
+class SeedUNet(nn.Module):
+    """The seed's MNIST score network, layer for layer.
+
+    Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2) with the time embedding
+    added after each conv, GroupNorm (4 groups at the first level, 32 elsewhere),
+    swish. Decoder mirrors it with additive skips. `upsample` picks the decoder's
+    upsampling: "transpose" is the original transposed convolution; "resize" is
+    nearest-neighbour resize to the skip's size + 3x3 SAME conv, which XLA runs
+    about 3x faster on CPU (transposed-conv gradients are pathologically slow there).
+    """
+
+    channels: Sequence[int] = (32, 64, 128, 256)
+    embed_dim: int = 256
+    fourier_scale: float = 30.0
+    upsample: str = "resize"
+    dtype: Dtype = jnp.float32
+
+    def _up(self, h: jax.Array, features: int, target: tuple[int, int], stride: int, bias: bool):
+        if self.upsample == "resize":
+            h = resize_to(h, *target)
+            return nn.Conv(features, (3, 3), padding="SAME", use_bias=bias, dtype=self.dtype)(h)
+        h = nn.ConvTranspose(
+            features,
+            (3, 3),
+            strides=(stride, stride),
+            padding="VALID",
+            use_bias=False,
+            dtype=self.dtype,
+        )(h)
+        # PyTorch's output_padding: extra rows/cols at the end that no kernel tap
+        # reaches, i.e. zeros before the bias.
+        h = jnp.pad(h, ((0, 0), (0, target[0] - h.shape[1]), (0, target[1] - h.shape[2]), (0, 0)))
+        if bias:
+            h = h + self.param("bias", nn.initializers.zeros, (features,)).astype(h.dtype)
+        return h
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+        del train  # The seed net has no dropout.
+        temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
+
+        def add_time_and_normalize(h, groups=32):
+            h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
+            return nn.swish(nn.GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)(h))
+
+        # Encoder: 28 -> 26 -> 12 -> 5 -> 2 on MNIST.
+        h = x.astype(self.dtype)
+        encoder = []
+        for level, channels in enumerate(self.channels):
+            stride = 1 if level == 0 else 2
+            h = nn.Conv(channels, (3, 3), stride, "VALID", use_bias=False, dtype=self.dtype)(h)
+            h = add_time_and_normalize(h, groups=4 if level == 0 else 32)
+            encoder.append(h)
+        # Decoder: up to each encoder level's size, then add that level's activation.
+        for level in range(len(self.channels) - 1, 0, -1):
+            skip = encoder[level - 1]
+            h = self._up(h, skip.shape[-1], skip.shape[1:3], stride=2, bias=False)
+            h = add_time_and_normalize(h) + skip
+        h = self._up(h, x.shape[-1], x.shape[1:3], stride=1, bias=True)
+        return h.astype(jnp.float32)
+
+
+class UNet(nn.Module):
+    """The "enhanced" score network: DDPM-style residual U-Net with self-attention.
+
+    `channels[i]` is the width at level i; resolution halves between levels
+    (strided 3x3 conv down, nearest resize + 3x3 conv up). Each level has
+    `num_res_blocks` residual blocks (one more on the way up, fed by the
+    concatenated skips), and self-attention where the feature map's side is in
+    `attention_resolutions`. The bottleneck is res-attn-res.
+    """
+
+    channels: Sequence[int] = (64, 128, 128)
+    num_res_blocks: int = 2
+    attention_resolutions: Sequence[int] = (7,)
+    num_heads: int = 1
+    dropout: float = 0.1
+    embed_dim: int = 256
+    fourier_scale: float = 30.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+        temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
+        res = lambda c: ResBlock(c, self.dropout, self.dtype)  # noqa: E731
+        attn = lambda: SelfAttentionBlock(self.num_heads, self.dtype)  # noqa: E731
+
+        h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        for level, channels in enumerate(self.channels):
+            for _ in range(self.num_res_blocks):
+                h = res(channels)(h, temb, train)
+                if h.shape[1] in self.attention_resolutions:
+                    h = attn()(h)
+                skips.append(h)
+            if level < len(self.channels) - 1:
+                h = nn.Conv(channels, (3, 3), (2, 2), dtype=self.dtype)(h)
+                skips.append(h)
+
+        h = res(self.channels[-1])(h, temb, train)
+        h = attn()(h)
+        h = res(self.channels[-1])(h, temb, train)
+
+        for level in reversed(range(len(self.channels))):
+            for _ in range(self.num_res_blocks + 1):
+                h = res(self.channels[level])(
+                    jnp.concatenate([h, skips.pop()], axis=-1), temb, train
+                )
+                if h.shape[1] in self.attention_resolutions:
+                    h = attn()(h)
+            if level > 0:
+                h = resize_to(h, *skips[-1].shape[1:3])
+                h = nn.Conv(self.channels[level], (3, 3), dtype=self.dtype)(h)
+
+        h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+        return h.astype(jnp.float32)

@@ -1,0 +1,51 @@
+"""jaxdiff command line: train a score model, or sample from its latest checkpoint.
+
+python main.py --config=configs/mnist.py --workdir=runs/mnist
+python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from jaxdiff import parallel
+from jaxdiff.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs.")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Our progress lines at INFO; libraries (orbax is chatty) at WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("jaxdiff").setLevel(logging.INFO)
+    try:
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+        if FLAGS.mode == "train":
+            from jaxdiff.train import train_and_evaluate
+
+            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        else:
+            from jaxdiff.sample import sample
+
+            sample(FLAGS.config, FLAGS.workdir)
+    except (UserError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
