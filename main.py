@@ -1,7 +1,9 @@
 """jaxdiff command line: train a score model, or sample from its latest checkpoint.
 
-python main.py --config=configs/mnist.py --workdir=runs/mnist
-python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
+    python main.py --config=configs/mnist.py --workdir=runs/mnist
+    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
+
+Any config field can be overridden: --config.training.batch_size=256.
 """
 
 import logging
@@ -10,9 +12,6 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
-
-from jaxdiff import parallel
-from jaxdiff.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.")
@@ -24,12 +23,39 @@ flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def fail(message: object) -> None:
+    """Prints one `error:` line to stderr and exits with status 2."""
+    text = " ".join(str(message).replace("\\n", " ").split())
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with config-override mistakes (unknown field, bad value) as one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        detail = str(e).replace("\\'", "").replace("\\n", ". ").strip("'\"")
+        fail(f"bad --config override: {detail}")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
     # Our progress lines at INFO; libraries (orbax is chatty) at WARNING.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
+    try:
+        config = FLAGS.config
+        config.keys()  # A proxy until here: config_flags defers load errors to first use.
+    except OSError as e:  # config_flags defers a missing/broken config file to first use.
+        fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
+
+    from jaxdiff import parallel
+    from jaxdiff.errors import UserError
+
     try:
         parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
@@ -37,15 +63,14 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             from jaxdiff.train import train_and_evaluate
 
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train_and_evaluate(config, FLAGS.workdir)
         else:
             from jaxdiff.sample import sample
 
-            sample(FLAGS.config, FLAGS.workdir)
+            sample(config, FLAGS.workdir)
     except (UserError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -70,7 +70,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
     )
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def make_train_call(

@@ -1,0 +1,120 @@
+"""main.py on bad input: one `error:` line, a non-zero exit, and the workdir untouched."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+
+def snapshot(path):
+    """Every file under path with its size and mtime: equal snapshots mean nothing changed."""
+    if not path.exists():
+        return None
+    return sorted(
+        (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")
+    )
+
+
+def run_main(args, env=None):
+    return subprocess.run(
+        [sys.executable, "main.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """An existing workdir holding a file that must survive every failed run."""
+    path = tmp_path / "work"
+    path.mkdir()
+    (path / "notes.txt").write_text("keep me")
+    return path
+
+
+CASES = {
+    "unknown dataset": (["--config.data.dataset=svhn"], {}, ["'svhn'", "cifar10", "mnist"]),
+    "unknown model": (["--config.model.name=resnet"], {}, ["'resnet'", "seed_unet", "unet"]),
+    "unknown sde": (["--config.sde.name=vx"], {}, ["'vx'", "subvp", "ve", "vp"]),
+    "unknown sampler": (["--config.sampling.sampler=ddim"], {}, ["'ddim'", "euler_maruyama"]),
+    "shape does not fit": (
+        ["--config.model.name=unet", "--config.model.channels=(8,8,8,8)"],
+        {},
+        ["28x28", "divisible by 8"],
+    ),
+    "batch not divisible": (
+        ["--config.training.batch_size=12"],
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        ["batch_size=12", "8 devices"],
+    ),
+    "negative steps": (["--config.training.num_steps=-5"], {}, ["num_steps", ">= 0"]),
+    "unknown config field": (["--config.training.batchsize=3"], {}, ["batch_size"]),
+    "missing data": (
+        [],
+        {"TFDS_DATA_DIR": "/nonexistent/tfds"},
+        ["/nonexistent/tfds", "tfds build"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_training_input(case, workdir):
+    args, env, fragments = CASES[case]
+    before = snapshot(workdir)
+    result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", *args], env)
+    assert_one_line_error(result, *fragments)
+    assert snapshot(workdir) == before
+
+
+def test_bad_training_input_does_not_create_the_workdir(tmp_path):
+    result = run_main(
+        ["--config=configs/mnist.py", f"--workdir={tmp_path / 'new'}", "--config.sde.name=vx"]
+    )
+    assert_one_line_error(result, "'vx'")
+    assert not (tmp_path / "new").exists()
+
+
+def test_sample_without_checkpoint(workdir):
+    before = snapshot(workdir)
+    result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=sample"])
+    assert_one_line_error(result, "no checkpoint", str(workdir))
+    assert snapshot(workdir) == before
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_main(
+        [
+            "--config=configs/mnist.py",
+            f"--workdir={blocker / 'run'}",
+            "--config.data.train_split=train[:64]",
+        ]
+    )
+    assert_one_line_error(result, "cannot create workdir", str(blocker / "run"))
+
+
+def test_missing_config_file(workdir):
+    result = run_main(["--config=configs/nope.py", f"--workdir={workdir}"])
+    assert_one_line_error(result, "configs/nope.py")
+
+
+def test_unknown_mode(workdir):
+    result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=eval2"])
+    assert_one_line_error(result, "train|sample")

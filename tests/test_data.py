@@ -1,0 +1,81 @@
+"""Reading the real (offline) TFDS datasets and drawing batches on device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import data, parallel
+from jaxdiff.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))],
+)
+def test_load_split_reads_real_images(name, shape):
+    images, labels = data.load_split(name, "test[:200]")
+    assert images.shape == (200, *shape) and images.dtype == np.uint8
+    assert labels.shape == (200,) and set(np.unique(labels)) <= set(range(10))
+    assert len(set(np.unique(labels))) > 5  # a real mix of classes
+    assert images.max() > 200 and images.min() == 0  # real pixel values, not a blank array
+    assert data.dataset_info(name)[0] == shape
+
+
+def test_missing_dataset_names_the_directory_and_the_fix(tmp_path):
+    with pytest.raises(UserError) as error:
+        data.load_split("mnist", "train", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path) in message and "tfds build mnist" in message
+    assert "\n" not in message
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(
+        UserError, match=r"unknown data.dataset 'svhn'.*cifar10.*fashion_mnist.*mnist"
+    ):
+        data.dataset_info("svhn")
+
+
+def test_bad_split_is_one_line():
+    with pytest.raises(UserError, match=r"cannot read 'mnist' split 'validation'") as error:
+        data.load_split("mnist", "validation")
+    assert "\n" not in str(error.value)
+
+
+def test_batches_come_from_the_real_rows_and_flip_correctly():
+    mesh = parallel.create_mesh()
+    # Five distinct, left-right asymmetric images; padding rows would be all zeros.
+    images = np.zeros((5, 4, 4, 1), np.uint8)
+    for i in range(5):
+        images[i, :, 0] = 10 * (i + 1)
+    dataset = data.to_device(images, np.arange(5, dtype=np.int32), mesh)
+    draw = jax.jit(
+        lambda key, flip: data.draw_batch(
+            key,
+            dataset.images,
+            dataset.num_examples,
+            512,
+            parallel.batch_sharded(mesh),
+            flip,
+            False,
+        ),
+        static_argnums=1,
+    )
+    batch = np.asarray(draw(jax.random.key(0), True)) * 255
+    left, right = batch[:, 0, 0, 0], batch[:, 0, -1, 0]
+    # Exactly one of the two edge columns is lit, with one of the five values.
+    assert np.all((left == 0) != (right == 0))
+    assert set(np.round(left + right)) == {10.0, 20.0, 30.0, 40.0, 50.0}
+    assert 0.4 < np.mean(right > 0) < 0.6  # about half flipped
+    unflipped = np.asarray(draw(jax.random.key(0), False))
+    assert np.all(unflipped[:, :, -1] == 0)
+
+
+def test_centering_and_uint8_round_trip():
+    x = jnp.asarray([0, 1, 128, 255], jnp.uint8).reshape(1, 2, 2, 1)
+    for centered in (False, True):
+        scaled = x.astype(jnp.float32) / 255.0
+        scaled = 2 * scaled - 1 if centered else scaled
+        np.testing.assert_array_equal(data.to_uint8(scaled, centered), x)
+    assert int(data.to_uint8(jnp.asarray([1.7]), False)[0]) == 255  # clipped, not wrapped
