@@ -10,7 +10,7 @@ import pytest
 
 from jaxdiff.errors import UserError
 from jaxdiff.samplers import create_sampler, num_function_evals
-from jaxdiff.sde import SubVPSDE, VESDE, VPSDE
+from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
 MU, S = 0.5, 0.2
 # Tolerances: 3% of the mean, 5% of the std. The VE prior N(0, std(1)^2) ignores

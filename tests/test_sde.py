@@ -10,7 +10,7 @@ import pytest
 from scipy import integrate
 
 from jaxdiff.errors import UserError
-from jaxdiff.sde import SubVPSDE, VESDE, VPSDE, create_sde
+from jaxdiff.sde import VESDE, VPSDE, SubVPSDE, create_sde
 
 TIMES = np.array([1e-3, 0.1, 0.37, 0.8, 1.0])
 

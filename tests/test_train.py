@@ -31,14 +31,14 @@ def test_run_writes_checkpoints_metrics_config_and_grids(trained):
     config, workdir, state = trained
     assert int(state.step) == 4
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     for record in records:
         assert {"loss", "learning_rate", "images_per_sec", "grad_norm"} <= set(record)
         assert np.isfinite(record["loss"]) and record["loss"] > 0
     # Warmup: 2 steps to the peak, then cosine decay.
     assert records[0]["learning_rate"] == pytest.approx(config.training.learning_rate / 2)
-    saved = json.load(open(workdir / "config.json"))
+    saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["channels"] == [8, 16, 16, 16]
     assert saved["data"]["train_split"] == "train[:256]"
     grid = np.asarray(Image.open(workdir / "samples" / "step_0000004.png"))
@@ -68,7 +68,7 @@ def test_rerun_of_a_finished_run_changes_nothing(trained):
 
 
 def test_sample_mode_writes_grid_and_npz(trained):
-    config, workdir, _ = trained
+    _, workdir, _ = trained
     overrides = [f"--config.{k}={v}" for k, v in tiny_overrides().items() if k.startswith("model")]
     result = subprocess.run(
         [
