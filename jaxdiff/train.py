@@ -5,7 +5,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,7 +18,7 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import create_experiment
 from jaxdiff.losses import dsm_loss
-from jaxdiff.models import make_score_fn
+from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.sde import SDE
 from jaxdiff.state import (
@@ -79,18 +78,19 @@ def make_train_call(
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
+    python_loop: bool | None = None,
 ) -> Callable[[TrainState, jax.Array, data.DeviceDataset], tuple[TrainState, dict]]:
     """Jits `training.steps_per_call` train steps as one call, donating the state.
 
     On accelerators the steps are a `lax.scan`. On CPU they are unrolled in
     Python instead: XLA:CPU runs the U-Net's backward pass inside any loop
     (even `lax.scan(unroll=True)`, which keeps a one-trip while loop) about 25x
-    slower (see benchmarks/train_throughput.py). Returns per-step metrics
-    stacked along a leading axis.
+    slower (see benchmarks/train_throughput.py). `python_loop` overrides that
+    choice (for benchmarks). Returns per-step metrics stacked along a leading axis.
     """
     num_steps = config.training.steps_per_call
     batch_sharding = parallel.batch_sharded(mesh)
-    unroll_in_python = jax.default_backend() == "cpu"
+    unroll_in_python = jax.default_backend() == "cpu" if python_loop is None else python_loop
 
     def call(state, key, dataset):
         def step(state):
@@ -133,10 +133,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
-
-
-def count_params(params: Any) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

@@ -1,9 +1,11 @@
 """Score networks, chosen by `config.model.name`."""
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
@@ -77,3 +79,8 @@ def make_score_fn(
         return out / _bcast(sde.marginal_std(t), out)
 
     return score_fn
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(params))

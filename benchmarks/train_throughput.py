@@ -1,0 +1,129 @@
+"""Train-step throughput (images/s) of each dataset config, and of the layer/loop choices.
+
+    python benchmarks/train_throughput.py                  # all rows, ~10 min on 2 CPU cores
+    python benchmarks/train_throughput.py --rows=mnist,cifar10 --repeats=5
+
+Rows are measured one after another in a single process, after a warm-up
+call; each figure is the median over `--repeats` timed calls. Results are
+printed as a table and saved to benchmarks/results/train_throughput_<backend>.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import cifar10, fashion_mnist, mnist
+from jaxdiff import data
+from jaxdiff.experiment import create_experiment
+from jaxdiff.models import count_params
+from jaxdiff.state import create_optimizer, create_train_state
+from jaxdiff.train import make_train_call
+
+
+def _config(module, **training):
+    config = module.get_config()
+    config.training.update(training)
+    return config
+
+
+def _seed_transpose():
+    config = mnist.get_config()
+    config.model.name = "seed_unet"
+    return config
+
+
+# name -> (config factory, python_loop override or None for the backend default)
+ROWS = {
+    "mnist": (mnist.get_config, None),
+    "fashion_mnist": (fashion_mnist.get_config, None),
+    "cifar10": (cifar10.get_config, None),
+    "mnist_seed_unet_transpose": (_seed_transpose, None),
+    "mnist_4_steps_per_call_python_loop": (lambda: _config(mnist, steps_per_call=4), True),
+    "mnist_4_steps_per_call_lax_scan": (lambda: _config(mnist, steps_per_call=4), False),
+}
+
+
+def measure(config, python_loop, repeats):
+    """Median seconds per optimizer step, and the first call's (compile) time."""
+    experiment = create_experiment(config)
+    images, labels = data.load_split(config.data.dataset, "train[:2048]", config.data.data_dir)
+    dataset = data.to_device(images, labels, experiment.mesh)
+    tx = create_optimizer(config.training)
+    state = jax.jit(
+        lambda key: create_train_state(key, experiment.model, experiment.image_shape, tx)
+    )(jax.random.key(0))
+    call = make_train_call(
+        experiment.model, experiment.sde, tx, config, experiment.mesh, python_loop
+    )
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    state, _ = call(state, key, dataset)
+    jax.block_until_ready(state)
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, _ = call(state, key, dataset)
+        jax.block_until_ready(state)
+        times.append((time.perf_counter() - start) / config.training.steps_per_call)
+    return statistics.median(times), warmup, count_params(state.params)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
+    parser.add_argument("--batch_size", type=int, default=0, help="override every config's batch")
+    args = parser.parse_args()
+    results = []
+    for name in args.rows.split(","):
+        make_config, python_loop = ROWS[name]
+        config = make_config()
+        if args.batch_size:
+            config.training.batch_size = args.batch_size
+        seconds, warmup, params = measure(config, python_loop, args.repeats)
+        row = {
+            "row": name,
+            "model": config.model.name,
+            "params": params,
+            "batch": config.training.batch_size,
+            "steps_per_call": config.training.steps_per_call,
+            "seconds_per_step": seconds,
+            "images_per_sec": config.training.batch_size / seconds,
+            "warmup_s": warmup,
+        }
+        results.append(row)
+        print(
+            f"{name:38s} {config.model.name:18s} {params:>10,d} params  batch {row['batch']:4d}  "
+            f"{row['images_per_sec']:8.1f} img/s  {seconds * 1e3:8.1f} ms/step  "
+            f"warm-up {warmup:6.1f} s",
+            flush=True,
+        )
+    out = {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+        "repeats": args.repeats,
+        "rows": results,
+    }
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "results", f"train_throughput_{jax.default_backend()}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
