@@ -33,6 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.name = "seed_unet_resize"
     # Channels per resolution level (seed nets take exactly 4 levels).
     model.channels = (32, 64, 128, 256)
+    # How the network becomes a score: "none" (the seed's: output / std(t)) or
+    # "edm" (input/output scaling and a skip path that keep every noise level O(1)).
+    model.preconditioning = "edm"
+    # edm only: the data's standard deviation assumed by the scalings.
+    model.sigma_data = 0.5
     # Width of the Gaussian-Fourier time embedding.
     model.embed_dim = 256
     # Standard deviation of the fixed random Fourier frequencies.

@@ -34,7 +34,7 @@ def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
     def sample_fn(params):
-        score_fn = make_score_fn(experiment.model, params, experiment.sde)
+        score_fn = make_score_fn(experiment.model, params, experiment.sde, config.model)
 
         def sharded_score_fn(x, t):
             # Pins the sampler's carry to the batch sharding; XLA propagates the rest.

@@ -57,7 +57,9 @@ def train_step(
     )
 
     def loss_fn(params):
-        score_fn = make_score_fn(model, params, sde, train=True, dropout_key=dropout_key)
+        score_fn = make_score_fn(
+            model, params, sde, config.model, train=True, dropout_key=dropout_key
+        )
         return dsm_loss(score_fn, sde, x0, loss_key, config.training.eps)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -1,5 +1,6 @@
 """Score networks: output shapes, and parameter counts re-derived layer by layer."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,8 +10,9 @@ import pytest
 from configs import cifar10, fashion_mnist, mnist
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
-from jaxdiff.models import create_model
+from jaxdiff.models import create_model, make_score_fn
 from jaxdiff.models.layers import GaussianFourierProjection
+from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
 
 def init_shapes(model, image_shape, batch=2):
@@ -187,3 +189,34 @@ def test_model_dtype_is_compute_only():
     )
     params, _ = init_shapes(model, (28, 28, 1))
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+
+
+class ConstantNet(nn.Module):
+    """A stand-in network that outputs a constant, to test the parametrisations."""
+
+    value: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, t, train=False):
+        return jnp.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_edm_preconditioning_with_a_zero_network_is_the_gaussian_score(sde):
+    config = ml_collections.ConfigDict(dict(preconditioning="edm", sigma_data=0.5))
+    score_fn = make_score_fn(ConstantNet(0.0), {}, sde, config)
+    x = jax.random.normal(jax.random.key(0), (4, 3, 3, 1))
+    t = jnp.asarray([1e-3, 0.1, 0.5, 1.0])
+    alpha, std = sde.mean_coeff(t)[:, None, None, None], sde.marginal_std(t)[:, None, None, None]
+    # Data N(0, 0.5^2): p_t = N(0, alpha^2 0.25 + std^2).
+    np.testing.assert_allclose(score_fn(x, t), -x / (alpha**2 * 0.25 + std**2), rtol=1e-4)
+
+
+def test_seed_parametrisation_divides_by_std():
+    sde = VESDE()
+    config = ml_collections.ConfigDict(dict(preconditioning="none", sigma_data=0.5))
+    score_fn = make_score_fn(ConstantNet(2.0), {}, sde, config)
+    t = jnp.asarray([0.1, 0.9])
+    np.testing.assert_allclose(
+        score_fn(jnp.zeros((2, 2, 2, 1)), t)[:, 0, 0, 0], 2.0 / sde.marginal_std(t), rtol=1e-6
+    )
