@@ -12,7 +12,7 @@ def get_config():
     config = default.get_config()
     config.data.dataset = "cifar10"
     config.data.random_flip = True
-    config.data.centered = False
+    config.data.centered = True  # [-1, 1]: zero-mean-ish, as the EDM scalings assume
     config.model.name = "unet"
     config.model.channels = (64, 128, 128, 128)
     config.model.num_res_blocks = 2

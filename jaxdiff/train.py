@@ -187,47 +187,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     metrics_log = MetricsLog(workdir, enabled=is_main)
     step = int(state.step)
     pending, last_log_step, last_log_time = [], step, time.perf_counter()
-    while step < t.num_steps:
-        state, metrics = train_call(state, train_key, dataset)
-        step += t.steps_per_call
-        pending.append(metrics)
-        if step % t.log_every == 0 or step >= t.num_steps:
-            fetched = jax.device_get(pending)  # The only host sync between logs.
-            loss = float(np.mean([m["loss"] for m in fetched]))
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {loss} at step {step}; no checkpoint written for it "
-                    f"(the last one is in {checkpointer.directory})"
+    first_call, start = True, last_log_time
+    try:
+        while step < t.num_steps:
+            state, metrics = train_call(state, train_key, dataset)
+            pending.append(metrics)
+            step += t.steps_per_call
+            if first_call:
+                first_call = False
+                jax.block_until_ready(state)
+                logger.info(
+                    "First call (with compilation) took %.1f s", time.perf_counter() - start
                 )
-            now = time.perf_counter()
-            steps_per_sec = (step - last_log_step) / (now - last_log_time)
-            record = {
-                "loss": loss,
-                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                "learning_rate": float(schedule(step - 1)),
-                "steps_per_sec": steps_per_sec,
-                "images_per_sec": steps_per_sec * t.batch_size,
-            }
-            metrics_log.write(step, record)
-            logger.info(
-                "step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.1f img/s  ETA %s",
-                step,
-                t.num_steps,
-                loss,
-                record["learning_rate"],
-                record["grad_norm"],
-                record["images_per_sec"],
-                _duration((t.num_steps - step) / steps_per_sec),
-            )
-            pending, last_log_step, last_log_time = [], step, time.perf_counter()
-        if step % t.checkpoint_every == 0 or step >= t.num_steps:
-            checkpointer.save(step, state)
-            if t.sample_at_checkpoints:
-                grid = sample.save_grid(draw_samples(state.ema_params), workdir, step, is_main)
-                metrics_log.write_image(step, "samples", grid)
-            last_log_time = time.perf_counter()  # Do not count saving/sampling as training time.
-    checkpointer.close()
-    metrics_log.close()
+                if step % t.log_every:  # Later calls of this interval give the throughput.
+                    last_log_step, last_log_time = step, time.perf_counter()
+            if step % t.log_every == 0 or step >= t.num_steps:
+                fetched = jax.device_get(pending)  # The only host sync between logs.
+                loss = float(np.mean([m["loss"] for m in fetched]))
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {loss} at step {step}; stopped without saving it "
+                        f"(the last checkpoint is in {checkpointer.directory})"
+                    )
+                steps_per_sec = (step - last_log_step) / (time.perf_counter() - last_log_time)
+                record = {
+                    "loss": loss,
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                    "learning_rate": float(schedule(step - 1)),
+                    "steps_per_sec": steps_per_sec,
+                    "images_per_sec": steps_per_sec * t.batch_size,
+                }
+                metrics_log.write(step, record)
+                logger.info(
+                    "step %d/%d  loss %.4f  lr %.2e  grad_norm %.3g  %.1f img/s  ETA %s",
+                    step,
+                    t.num_steps,
+                    loss,
+                    record["learning_rate"],
+                    record["grad_norm"],
+                    record["images_per_sec"],
+                    _duration((t.num_steps - step) / steps_per_sec),
+                )
+                pending, last_log_step, last_log_time = [], step, time.perf_counter()
+            if step % t.checkpoint_every == 0 or step >= t.num_steps:
+                checkpointer.save(step, state)
+                if t.sample_at_checkpoints:
+                    grid = sample.save_grid(draw_samples(state.ema_params), workdir, step, is_main)
+                    metrics_log.write_image(step, "samples", grid)
+                # Saving and sampling are not training time.
+                last_log_time = time.perf_counter()
+    finally:
+        # Also on errors: checkpoint saves in flight complete, metrics are flushed.
+        checkpointer.close()
+        metrics_log.close()
     return state
 
 
