@@ -7,6 +7,7 @@ Any config field can be overridden: --config.training.batch_size=256.
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -26,8 +27,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def fail(message: object) -> None:
     """Prints one `error:` line to stderr and exits with status 2."""
     text = " ".join(str(message).replace("\\n", " ").split())
-    print(f"error: {text}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # os._exit, not sys.exit: after a failed checkpoint restore, orbax's background
+    # threads print tracebacks during interpreter shutdown. Files we write are
+    # closed by then (train_and_evaluate and sample close them in `finally`).
+    os._exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -43,7 +43,16 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"no checkpoint in {self.directory}: train first (--mode=train)")
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except (ValueError, KeyError, TypeError) as e:
+            # Shapes or tree structure differ: the config is not the one trained with.
+            text = str(e).strip()
+            first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+            raise UserError(
+                f"checkpoint {step} in {self.directory} does not fit this config "
+                f"(compare with the workdir's config.json): {first_sentence}"
+            ) from None
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""

@@ -66,10 +66,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     experiment = create_experiment(config)
     workdir = os.path.abspath(workdir)
     checkpointer = Checkpointer(workdir, create=False)
-    state = checkpointer.restore(
-        abstract_train_state(experiment, create_optimizer(config.training))
-    )
-    checkpointer.close()
+    try:
+        state = checkpointer.restore(
+            abstract_train_state(experiment, create_optimizer(config.training))
+        )
+    finally:
+        checkpointer.close()
     step = int(state.step)
     logger.info(
         "Sampling %d images at step %d with %s (%d NFE each)",

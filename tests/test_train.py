@@ -151,3 +151,14 @@ def test_eight_devices_give_the_same_step_as_one():
     # one step (lr = 2e-3), not bit for bit.
     for a, b in zip(one["params"], eight["params"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=5e-4)
+
+
+def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained):
+    from .test_cli import assert_one_line_error, run_main, snapshot
+
+    _, workdir, _ = trained
+    before = snapshot(workdir)
+    # The default MNIST channels (32/64/128/256) instead of the tiny run's.
+    result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=sample"])
+    assert_one_line_error(result, "does not fit this config", "config.json")
+    assert snapshot(workdir) == before
