@@ -3,6 +3,7 @@
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxdiff.errors import UserError
@@ -22,6 +23,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     def latest_step(self) -> int | None:
@@ -39,22 +41,36 @@ class Checkpointer:
         Args:
           abstract_state: pytree of jax.ShapeDtypeStruct (with shardings).
           step: which checkpoint; the latest if None.
+
+        Raises:
+          UserError: no checkpoint, or one whose arrays do not fit `abstract_state`
+            (the run was made with another model or optimizer config).
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"no checkpoint in {self.directory}: train first (--mode=train)")
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except (ValueError, KeyError, TypeError) as e:
-            # Shapes or tree structure differ: the config is not the one trained with.
-            text = str(e).strip()
-            first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
-            raise UserError(
-                f"checkpoint {step} in {self.directory} does not fit this config "
-                f"(compare with the workdir's config.json): {first_sentence}"
-            ) from None
+        # Compared up front: a failed orbax restore leaves background threads that
+        # print tracebacks at exit, and its message names no config field.
+        stored = _shapes(self._manager.item_metadata(step))
+        wanted = _shapes(abstract_state)
+        for path in sorted(stored.keys() | wanted.keys()):
+            there, here = stored.get(path, "absent"), wanted.get(path, "absent")
+            if there != here:
+                raise UserError(
+                    f"checkpoint {step} in {self.directory} does not fit this config: {path} "
+                    f"is {there} there but {here} here (compare with the workdir's config.json)"
+                )
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"params/Conv_0/kernel": shape, ...} for any pytree of arrays or array metadata."""
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
