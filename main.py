@@ -29,9 +29,9 @@ def fail(message: object) -> None:
     text = " ".join(str(message).replace("\\n", " ").split())
     print(f"error: {text}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    # os._exit, not sys.exit: after a failed checkpoint restore, orbax's background
-    # threads print tracebacks during interpreter shutdown. Files we write are
-    # closed by then (train_and_evaluate and sample close them in `finally`).
+    # os._exit, not sys.exit: after a failed operation, orbax's background threads
+    # can print tracebacks during interpreter shutdown, burying the one line. Our
+    # files are closed by then (train_and_evaluate and sample close them in `finally`).
     os._exit(2)
 
 
