@@ -64,6 +64,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
       The path of the .npz file.
     """
     experiment = create_experiment(config)
+    config = experiment.config
     workdir = os.path.abspath(workdir)
     checkpointer = Checkpointer(workdir, create=False)
     try:

@@ -147,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       The final train state.
     """
     experiment = create_experiment(config)
+    config = experiment.config  # With automatic values resolved.
     t = config.training
     images, labels = data.load_split(
         config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download

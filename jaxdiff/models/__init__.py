@@ -17,7 +17,7 @@ MODELS = {
     # The seed's net exactly as published (transposed-conv decoder); the
     # benchmark against the PyTorch original uses it.
     "seed_unet": functools.partial(SeedUNet, upsample="transpose"),
-    # Same layers, decoder upsamples by resize + conv: ~3x faster to train on CPU.
+    # Same layers, decoder upsamples by resize + conv: 1.3x faster to train on CPU.
     "seed_unet_resize": functools.partial(SeedUNet, upsample="resize"),
     "unet": UNet,
 }
