@@ -2,7 +2,9 @@
 
     python main.py --config=configs/cifar10.py --workdir=runs/cifar10
 
-Measured: see README ("Results").
+Sized for an accelerator: 8,935,427 parameters, 7 images/s on 2 CPU cores.
+Measured on 2 CPU cores, only a short run (60 steps of batch 32, README
+"Results"): 4 min 7 s, loss 565 -> 437, samples still noise.
 """
 
 from configs import default
@@ -12,7 +14,7 @@ def get_config():
     config = default.get_config()
     config.data.dataset = "cifar10"
     config.data.random_flip = True
-    config.data.centered = True  # [-1, 1]: zero-mean-ish, as the EDM scalings assume
+    config.data.centered = True  # [-1, 1]: roughly zero-mean, as the EDM scalings assume.
     config.model.name = "unet"
     config.model.channels = (64, 128, 128, 128)
     config.model.num_res_blocks = 2

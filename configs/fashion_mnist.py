@@ -2,7 +2,9 @@
 
     python main.py --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 
-Measured: see README ("Results").
+Sized for an accelerator: 2,898,785 parameters, 36 images/s on 2 CPU cores.
+Measured on 2 CPU cores, a short run (300 steps of batch 64, README "Results"):
+7 min 54 s, loss 28.1 at step 300, blurry but recognisable garments.
 """
 
 from configs import default
