@@ -86,9 +86,10 @@ def make_train_call(
 
     On accelerators the steps are a `lax.scan`. On CPU they are unrolled in
     Python instead: XLA:CPU runs the U-Net's backward pass inside any loop
-    (even `lax.scan(unroll=True)`, which keeps a one-trip while loop) about 25x
-    slower (see benchmarks/train_throughput.py). `python_loop` overrides that
-    choice (for benchmarks). Returns per-step metrics stacked along a leading axis.
+    (even `lax.scan(unroll=True)`, which keeps a one-trip while loop) about 30x
+    slower (benchmarks/results/train_throughput_cpu.json). `python_loop`
+    overrides that choice (for benchmarks). Returns per-step metrics stacked
+    along a leading axis.
     """
     num_steps = config.training.steps_per_call
     batch_sharding = parallel.batch_sharded(mesh)
