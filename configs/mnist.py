@@ -2,8 +2,9 @@
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
 
-2,000 steps of batch 128 take about 20 minutes on 2 CPU cores; see README
-("Results") for the measured run. On an accelerator, train longer:
+Measured on 2 CPU cores (README "Results"): 17 min 21 s for the 2,000 steps of
+batch 128, sample grids included; loss 32.4; about half the samples are clearly
+recognisable digits. On an accelerator, train longer:
 --config.training.num_steps=20000.
 """
 
