@@ -2,10 +2,10 @@
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
 
-Measured on 2 CPU cores (README "Results"): 17 min 21 s for the 2,000 steps of
-batch 128, sample grids included; loss 32.4; about half the samples are clearly
-recognisable digits. On an accelerator, train longer:
---config.training.num_steps=20000.
+Measured on 2 CPU cores (README "Results"): 15 min 12 s for the 4,000 steps of
+batch 64, sample grids included; final loss 29.4; about half the samples are
+clearly recognisable digits. On an accelerator, train longer and wider:
+--config.training.num_steps=40000 --config.training.batch_size=128.
 """
 
 from configs import default
@@ -14,9 +14,12 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.data.dataset = "mnist"
-    config.training.num_steps = 2000
+    # Batch 64 x 4,000 steps beat batch 128 x 2,000 steps (the same images) on
+    # CPU: loss 29.4 vs 32.4, cleaner digits, and 330 vs 275 images/s.
+    config.training.batch_size = 64
+    config.training.num_steps = 4000
     config.training.learning_rate = 2e-3
-    config.training.warmup_steps = 100
+    config.training.warmup_steps = 200
     config.training.ema_decay = 0.995
-    config.training.checkpoint_every = 500
+    config.training.checkpoint_every = 1000
     return config

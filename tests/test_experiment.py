@@ -39,7 +39,7 @@ def test_explicit_steps_per_call_is_kept_and_the_callers_config_untouched():
 @pytest.mark.parametrize(
     "training, message",
     [
-        (dict(steps_per_call=3), r"num_steps=2000 must be a multiple of training.steps_per_call=3"),
+        (dict(steps_per_call=3), r"num_steps=4000 must be a multiple of training.steps_per_call=3"),
         (dict(steps_per_call=-1), r"steps_per_call must be >= 0"),
         (dict(batch_size=0), r"batch_size must be positive"),
         (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"),
