@@ -68,8 +68,7 @@ def test_probability_flow_ode_is_deterministic_given_the_prior_draw():
     sampler = create_sampler(sampling_config(sampler="ode", num_steps=20))
     run = jax.jit(lambda key: sampler(key, analytic_score(sde), sde, (4, 2, 2, 1)))
     assert (run(jax.random.key(3)) == run(jax.random.key(3))).all()
-    # The ODE map is affine for Gaussian data: prior x_1 = 0 goes to the mean's image.
-    assert abs(float(run(jax.random.key(3)).mean()) - MU) < 0.5
+    assert not (run(jax.random.key(3)) == run(jax.random.key(4))).all()
 
 
 def test_function_evaluation_counts():
