@@ -14,6 +14,7 @@ from PIL import Image
 from jaxdiff.train import train_and_evaluate
 
 from .conftest import ROOT, apply_overrides, tiny_overrides
+from .test_cli import assert_one_line_error, run_main, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,24 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(trained, tmp_p
     shutil.rmtree(tmp_path / "checkpoints" / "4")
     resumed = train_and_evaluate(config, str(tmp_path))
     assert int(resumed.step) == 4
+    # It started at step 2: a run from scratch would also have logged step 2
+    # (and, being deterministic, would end with the same parameters).
+    logged = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged == [4]
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_rerun_of_a_finished_run_changes_nothing(trained):
     config, workdir, state = trained
+    metrics_before = (workdir / "metrics.jsonl").read_text()
+    checkpoints_before = snapshot(workdir / "checkpoints")
     again = train_and_evaluate(config, str(workdir))
+    # Restored, not retrained (retraining would log again and rewrite checkpoints).
+    assert (workdir / "metrics.jsonl").read_text() == metrics_before
+    assert snapshot(workdir / "checkpoints") == checkpoints_before
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(again.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -154,8 +166,6 @@ def test_eight_devices_give_the_same_step_as_one():
 
 
 def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained):
-    from .test_cli import assert_one_line_error, run_main, snapshot
-
     _, workdir, _ = trained
     before = snapshot(workdir)
     # The default MNIST channels (32/64/128/256) instead of the tiny run's.
