@@ -44,12 +44,22 @@ def get_config() -> ml_collections.ConfigDict:
     model.fourier_scale = 30.0
     # unet only: residual blocks per level on the way down.
     model.num_res_blocks = 2
-    # unet only: feature-map sides (e.g. 7, 8) that get self-attention.
+    # Feature-map sides (e.g. 7, 8) that get attention: self-attention blocks in
+    # unet, spatial transformers in conditional nets (seed nets: sides 26, 12, 5, 2 on 28x28).
     model.attention_resolutions = (7,)
-    # unet only: attention heads.
+    # Attention heads (unet; conditional seed nets).
     model.num_heads = 1
     # unet only: dropout rate inside residual blocks.
     model.dropout = 0.1
+    # Condition on the class: cross-attention to learned class tokens, with a
+    # null token for classifier-free guidance (training.cond_drop_prob).
+    model.conditional = False
+    # conditional only: condition tokens per class (cross-attention keys/values).
+    model.context_tokens = 4
+    # conditional only: width of each condition token.
+    model.context_dim = 256
+    # conditional only: hidden width of the transformer feed-forward, in channels.
+    model.ff_mult = 4
 
     config.sde = sde = ml_collections.ConfigDict()
     # Noise process: ve (the seed's dx = sigma^t dw), vp or subvp.
@@ -80,6 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_clip = 1.0
     # Decay of the EMA of the parameters used for sampling (warmed up as min(decay, (1+n)/(10+n))).
     training.ema_decay = 0.999
+    # conditional only: probability that a training label is replaced by the null token.
+    training.cond_drop_prob = 0.1
     # Smallest diffusion time in the loss, t ~ U(eps, 1).
     training.eps = 1e-5
     # Optimizer steps per compiled call (a lax.scan; unrolled on CPU); 0: per backend
@@ -101,8 +113,15 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.sampler = "euler_maruyama"
     # Iterations of the sampler's scan (NFE: em = n, pc = n (1 + corrector_steps), ode = 2n).
     sampling.num_steps = 500
-    # Samples per grid / per --mode=sample run.
+    # Samples per grid / per --mode=sample run (without a prompt).
     sampling.num_samples = 64
+    # conditional only: classes to sample, one grid row each: names or aliases
+    # ("cat,dog,ship"), integers ("3,5") or "all"; "" samples unconditionally.
+    sampling.prompt = ""
+    # conditional only: samples per prompted class (grid columns).
+    sampling.samples_per_class = 10
+    # conditional only: classifier-free guidance w in s = (1 + w) s(x, c) - w s(x, null).
+    sampling.guidance_scale = 0.0
     # Smallest time the sampler reaches.
     sampling.eps = 1e-3
     # pc only: reverse_diffusion (ancestral) or euler_maruyama.

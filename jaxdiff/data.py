@@ -107,25 +107,27 @@ def to_device(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> DeviceDatas
 
 def draw_batch(
     key: jax.Array,
-    images: jax.Array,
-    num_examples: int,
+    dataset: DeviceDataset,
     batch_size: int,
     sharding: NamedSharding,
     random_flip: bool,
     centered: bool,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """Draws a random batch (with replacement) and augments it; call inside jit.
 
     Returns:
-      float32 images in [0, 1] (or [-1, 1] if centered), sharded over the batch axis.
+      float32 images in [0, 1] (or [-1, 1] if centered) and their int32 labels,
+      both sharded over the batch axis.
     """
     index_key, flip_key = jax.random.split(key)
-    index = jax.random.randint(index_key, (batch_size,), 0, num_examples)
-    x = jax.lax.with_sharding_constraint(images[index], sharding).astype(jnp.float32) / 255.0
+    index = jax.random.randint(index_key, (batch_size,), 0, dataset.num_examples)
+    x = jax.lax.with_sharding_constraint(dataset.images[index], sharding)
+    x = x.astype(jnp.float32) / 255.0
+    labels = jax.lax.with_sharding_constraint(dataset.labels[index], sharding)
     if random_flip:
         flip = jax.random.bernoulli(flip_key, 0.5, (batch_size, 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
-    return 2.0 * x - 1.0 if centered else x
+    return (2.0 * x - 1.0 if centered else x), labels
 
 
 def to_uint8(x: jax.Array, centered: bool) -> jax.Array:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import data, parallel, samplers
+from jaxdiff import conditioning, data, parallel, samplers
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model
 from jaxdiff.sde import SDE, create_sde
@@ -22,6 +22,10 @@ class Experiment:
     sde: SDE
     image_shape: tuple[int, int, int]
     mesh: jax.sharding.Mesh
+    # Classes the model is conditioned on (0: unconditional); label num_classes is null.
+    num_classes: int = 0
+    # Class ids named by sampling.prompt, one grid row each; () samples unconditionally.
+    prompt_labels: tuple[int, ...] = ()
 
 
 _POSITIVE_TRAINING_FIELDS = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -52,7 +56,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       UserError: for any unknown name or impossible setting, naming the field.
     """
     config = config.copy_and_resolve_references()
-    image_shape, _ = data.dataset_info(config.data.dataset)
+    image_shape, dataset_classes = data.dataset_info(config.data.dataset)
     sde = create_sde(config.sde)
     samplers.create_sampler(config.sampling)
     t = config.training
@@ -84,5 +88,39 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
         raise UserError(
             f"training.batch_size={t.batch_size} is not divisible by the {mesh.size} devices"
         )
-    model = create_model(config.model, image_shape, jnp.bfloat16 if t.half_precision else None)
-    return Experiment(config=config, model=model, sde=sde, image_shape=image_shape, mesh=mesh)
+    num_classes = dataset_classes if config.model.conditional else 0
+    prompt_labels = _check_conditioning(config, num_classes)
+    model = create_model(
+        config.model, image_shape, jnp.bfloat16 if t.half_precision else None, num_classes
+    )
+    return Experiment(
+        config=config,
+        model=model,
+        sde=sde,
+        image_shape=image_shape,
+        mesh=mesh,
+        num_classes=num_classes,
+        prompt_labels=tuple(prompt_labels),
+    )
+
+
+def _check_conditioning(config: ml_collections.ConfigDict, num_classes: int) -> list[int]:
+    """Validates the conditioning fields; returns the prompt's class ids."""
+    s = config.sampling
+    if not num_classes:
+        if s.prompt.strip():
+            raise UserError(
+                f"sampling.prompt={s.prompt!r} needs a conditional model (model.conditional=True)"
+            )
+        if s.guidance_scale:
+            raise UserError("sampling.guidance_scale needs a conditional model")
+        return []
+    if not 0.0 <= config.training.cond_drop_prob < 1.0:
+        raise UserError(
+            f"training.cond_drop_prob must be in [0, 1), got {config.training.cond_drop_prob}"
+        )
+    if s.guidance_scale < 0:
+        raise UserError(f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
+    if s.samples_per_class < 1:
+        raise UserError(f"sampling.samples_per_class must be positive, got {s.samples_per_class}")
+    return conditioning.parse_prompt(s.prompt, config.data.dataset)

@@ -6,35 +6,65 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import data, parallel, samplers
+from jaxdiff import conditioning, data, parallel, samplers
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
 from jaxdiff.state import abstract_train_state, create_optimizer
-from jaxdiff.visualize import image_grid, save_png
+from jaxdiff.visualize import image_grid, labeled_grid, save_png
 
 logger = logging.getLogger("jaxdiff")
 
 
-def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
-    """Jits params -> (num_samples, H, W, C) uint8 samples with the configured sampler.
+def sample_labels(experiment: Experiment) -> np.ndarray | None:
+    """The class id of every sample a grid holds, row by row; None for an unconditional model.
 
-    The key is fixed by `config.seed`, so grids from successive checkpoints share
-    their noise and show how the model improved. Samples are split over the
-    devices when their number allows it.
+    With a prompt: each prompted class `sampling.samples_per_class` times. A
+    conditional model without a prompt samples `sampling.num_samples` with the
+    null label, i.e. unconditionally.
+    """
+    if not experiment.num_classes:
+        return None
+    s = experiment.config.sampling
+    if experiment.prompt_labels:
+        return conditioning.sample_labels(list(experiment.prompt_labels), s.samples_per_class)
+    return np.full(s.num_samples, experiment.num_classes, np.int32)
+
+
+def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
+    """Jits params -> (N, H, W, C) uint8 samples with the configured sampler.
+
+    N is `sampling.num_samples`, or classes x `samples_per_class` with a
+    prompt, in which case the conditional score is guided by
+    `sampling.guidance_scale`. The key is fixed by `config.seed`, so grids from
+    successive checkpoints share their noise and show how the model improved.
+    Samples are split over the devices when their number allows it.
     """
     config = experiment.config
     sampler = samplers.create_sampler(config.sampling)
-    num = config.sampling.num_samples
+    labels = sample_labels(experiment)
+    num = config.sampling.num_samples if labels is None else len(labels)
+    guidance_scale = config.sampling.guidance_scale if experiment.prompt_labels else 0.0
     mesh = experiment.mesh
     sharding = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
     def sample_fn(params):
-        score_fn = make_score_fn(experiment.model, params, experiment.sde, config.model)
+        def score_given_labels(x, t, y):
+            return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(
+                x, t
+            )
+
+        if labels is None:
+            score_fn = lambda x, t: score_given_labels(x, t, None)  # noqa: E731
+        else:
+            score_fn = conditioning.guided_score_fn(
+                score_given_labels, jnp.asarray(labels), experiment.num_classes, guidance_scale
+            )
 
         def sharded_score_fn(x, t):
             # Pins the sampler's carry to the batch sharding; XLA propagates the rest.
@@ -46,19 +76,49 @@ def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
     return jax.jit(sample_fn, out_shardings=sharding)
 
 
-def save_grid(samples: jax.Array, workdir: str, step: int, is_main: bool = True) -> np.ndarray:
+def grid_image(images: np.ndarray, experiment: Experiment) -> np.ndarray:
+    """The picture of a batch of samples: one labelled row per prompted class, else square."""
+    if experiment.prompt_labels:
+        names = conditioning.row_names(
+            list(experiment.prompt_labels), experiment.config.data.dataset
+        )
+        return labeled_grid(images, names)
+    return image_grid(images)
+
+
+def save_grid(
+    samples: jax.Array, experiment: Experiment, workdir: str, step: int, is_main: bool = True
+) -> np.ndarray:
     """Writes `workdir/samples/step_<step>.png` and returns the grid image."""
-    grid = image_grid(parallel.to_host(samples))
+    grid = grid_image(parallel.to_host(samples), experiment)
     if is_main:
         save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
     return grid
 
 
+def _file_stem(experiment: Experiment, step: int) -> str:
+    """sample_<step>_<sampler>, plus _w<guidance>_<classes> for a conditional model."""
+    config = experiment.config
+    stem = f"sample_{step:07d}_{config.sampling.sampler}"
+    if not experiment.num_classes:
+        return stem
+    if not experiment.prompt_labels:
+        return stem + "_uncond"
+    if config.sampling.prompt.strip().lower() == conditioning.ALL_CLASSES:
+        classes = conditioning.ALL_CLASSES
+    else:
+        classes = "-".join(str(label) for label in experiment.prompt_labels)
+    return f"{stem}_w{config.sampling.guidance_scale:g}_{classes}"
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=sample`: draws samples with the latest checkpoint's EMA parameters.
 
-    Writes `samples/sample_<step>_<sampler>.png` (a grid) and `.npz` (`images`
-    uint8 NHWC, `step`, `sampler`, `num_steps`) into the workdir.
+    Writes `samples/<stem>.png` (a grid; for a prompt, one labelled row per
+    class) and `<stem>.npz` (`images` uint8 NHWC, `labels` (-1: unconditional),
+    `class_names`, `step`, `sampler`, `num_steps`, `guidance_scale`, `prompt`)
+    into the workdir. The stem is `sample_<step>_<sampler>`, with
+    `_w<guidance>_<classes>` (or `_uncond`) added for a conditional model.
 
     Returns:
       The path of the .npz file.
@@ -74,25 +134,33 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     finally:
         checkpointer.close()
     step = int(state.step)
+    labels = sample_labels(experiment)
     logger.info(
-        "Sampling %d images at step %d with %s (%d NFE each)",
-        config.sampling.num_samples,
+        "Sampling %d images at step %d with %s (%d NFE each%s)",
+        config.sampling.num_samples if labels is None else len(labels),
         step,
         config.sampling.sampler,
         samplers.num_function_evals(config.sampling),
+        f", guidance scale {config.sampling.guidance_scale:g}" if experiment.prompt_labels else "",
     )
     images = parallel.to_host(make_sample_fn(experiment)(state.ema_params))
-    stem = os.path.join(workdir, "samples", f"sample_{step:07d}_{config.sampling.sampler}")
+    stem = os.path.join(workdir, "samples", _file_stem(experiment, step))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stem), exist_ok=True)
-        save_png(stem + ".png", image_grid(images))
+        save_png(stem + ".png", grid_image(images, experiment))
+        if labels is None or not experiment.prompt_labels:
+            labels = np.full(len(images), -1, np.int32)
         with open(stem + ".npz.tmp", "wb") as f:
             np.savez(
                 f,
                 images=images,
+                labels=labels,
+                class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
                 step=step,
                 sampler=config.sampling.sampler,
                 num_steps=config.sampling.num_steps,
+                guidance_scale=config.sampling.guidance_scale,
+                prompt=config.sampling.prompt,
             )
         os.replace(stem + ".npz.tmp", stem + ".npz")
         logger.info("Wrote %s.png and %s.npz", stem, stem)

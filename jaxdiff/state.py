@@ -61,7 +61,9 @@ def create_train_state(
     key: jax.Array, model: nn.Module, image_shape: tuple[int, ...], tx: optax.GradientTransformation
 ) -> TrainState:
     """Initialises parameters (EMA starts equal to them) and the optimizer state."""
-    params = model.init(key, jnp.zeros((1, *image_shape)), jnp.ones((1,)))["params"]
+    # Labels are ignored by unconditional nets.
+    dummy = (jnp.zeros((1, *image_shape)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
+    params = model.init(key, *dummy)["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data, parallel, sample
+from jaxdiff import conditioning, data, parallel, sample
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import create_experiment
@@ -32,6 +32,35 @@ from jaxdiff.state import (
 logger = logging.getLogger("jaxdiff")
 
 
+def draw_training_batch(
+    key: jax.Array,
+    dataset: data.DeviceDataset,
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    batch_sharding: jax.sharding.NamedSharding,
+) -> tuple[jax.Array, jax.Array | None]:
+    """A training batch and, for a conditional model, its labels with some replaced by null.
+
+    Each label becomes the null token `num_classes` with probability
+    `training.cond_drop_prob`, which teaches the same network the unconditional
+    score that classifier-free guidance needs. Call inside jit.
+    """
+    batch_key, drop_key = jax.random.split(key)
+    x0, labels = data.draw_batch(
+        batch_key,
+        dataset,
+        config.training.batch_size,
+        batch_sharding,
+        config.data.random_flip,
+        config.data.centered,
+    )
+    if not num_classes:
+        return x0, None
+    return x0, conditioning.drop_labels(
+        drop_key, labels, config.training.cond_drop_prob, num_classes
+    )
+
+
 def train_step(
     state: TrainState,
     key: jax.Array,
@@ -46,19 +75,12 @@ def train_step(
     """One optimizer step on a batch drawn on device from `dataset`. Pure; jit it."""
     step_key = jax.random.fold_in(key, state.step)
     batch_key, loss_key, dropout_key = jax.random.split(step_key, 3)
-    x0 = data.draw_batch(
-        batch_key,
-        dataset.images,
-        dataset.num_examples,
-        config.training.batch_size,
-        batch_sharding,
-        config.data.random_flip,
-        config.data.centered,
-    )
+    num_classes = getattr(model, "num_classes", 0)
+    x0, labels = draw_training_batch(batch_key, dataset, config, num_classes, batch_sharding)
 
     def loss_fn(params):
         score_fn = make_score_fn(
-            model, params, sde, config.model, train=True, dropout_key=dropout_key
+            model, params, sde, config.model, train=True, dropout_key=dropout_key, labels=labels
         )
         return dsm_loss(score_fn, sde, x0, loss_key, config.training.eps)
 
@@ -234,7 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if step % t.checkpoint_every == 0 or step >= t.num_steps:
                 checkpointer.save(step, state)
                 if t.sample_at_checkpoints:
-                    grid = sample.save_grid(draw_samples(state.ema_params), workdir, step, is_main)
+                    grid = sample.save_grid(
+                        draw_samples(state.ema_params), experiment, workdir, step, is_main
+                    )
                     metrics_log.write_image(step, "samples", grid)
                 # Saving and sampling are not training time.
                 last_log_time = time.perf_counter()

@@ -65,6 +65,21 @@ CASES = {
     ),
     "negative steps": (["--config.training.num_steps=-5"], {}, ["num_steps", ">= 0"]),
     "unknown config field": (["--config.training.batchsize=3"], {}, ["batch_size"]),
+    "prompt for an unconditional model": (
+        ["--config.sampling.prompt=3"],
+        {},
+        ["sampling.prompt='3'", "model.conditional=True"],
+    ),
+    "unknown prompt word": (
+        ["--config.model.conditional=True", "--config.sampling.prompt=3,eleven"],
+        {},
+        ["'eleven'", "seven", "integers 0-9"],
+    ),
+    "negative guidance": (
+        ["--config.model.conditional=True", "--config.sampling.guidance_scale=-1"],
+        {},
+        ["guidance_scale", ">= 0"],
+    ),
     "missing data": (
         [],
         {"TFDS_DATA_DIR": "/nonexistent/tfds"},

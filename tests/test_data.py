@@ -52,23 +52,20 @@ def test_batches_come_from_the_real_rows_and_flip_correctly():
     dataset = data.to_device(images, np.arange(5, dtype=np.int32), mesh)
     draw = jax.jit(
         lambda key, flip: data.draw_batch(
-            key,
-            dataset.images,
-            dataset.num_examples,
-            512,
-            parallel.batch_sharded(mesh),
-            flip,
-            False,
+            key, dataset, 512, parallel.batch_sharded(mesh), flip, False
         ),
         static_argnums=1,
     )
-    batch = np.asarray(draw(jax.random.key(0), True)) * 255
+    batch, labels = jax.device_get(draw(jax.random.key(0), True))
+    batch = batch * 255
     left, right = batch[:, 0, 0, 0], batch[:, 0, -1, 0]
     # Exactly one of the two edge columns is lit, with one of the five values.
     assert np.all((left == 0) != (right == 0))
     assert set(np.round(left + right)) == {10.0, 20.0, 30.0, 40.0, 50.0}
+    # Each image comes with its own label (image i is lit with 10 (i + 1)).
+    np.testing.assert_array_equal(np.round(left + right), 10 * (labels + 1))
     assert 0.4 < np.mean(right > 0) < 0.6  # about half flipped
-    unflipped = np.asarray(draw(jax.random.key(0), False))
+    unflipped = np.asarray(draw(jax.random.key(0), False)[0])
     assert np.all(unflipped[:, :, -1] == 0)
 
 

@@ -7,19 +7,26 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import cifar10, fashion_mnist, mnist
+from configs import (
+    cifar10,
+    cifar10_cond,
+    fashion_mnist,
+    fashion_mnist_cond,
+    mnist,
+    mnist_cond,
+)
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, make_score_fn
-from jaxdiff.models.layers import GaussianFourierProjection
+from jaxdiff.models.layers import GaussianFourierProjection, MultiHeadAttention, SpatialTransformer
 from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
 
 def init_shapes(model, image_shape, batch=2):
     """Parameter shapes and output shape, traced abstractly (no FLOPs)."""
-    x, t = jnp.zeros((batch, *image_shape)), jnp.ones((batch,))
-    params = jax.eval_shape(model.init, jax.random.key(0), x, t)["params"]
-    out = jax.eval_shape(lambda p: model.apply({"params": p}, x, t), params)
+    x, t, y = jnp.zeros((batch, *image_shape)), jnp.ones((batch,)), jnp.zeros((batch,), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
+    out = jax.eval_shape(lambda p: model.apply({"params": p}, x, t, y), params)
     return params, out.shape
 
 
@@ -52,7 +59,20 @@ def expected_seed_params(channels, embed, image_channels):
     return total + conv(c_in, image_channels, bias=True)  # output layer
 
 
-def expected_unet_params(channels, blocks, attn_sides, side, embed, image_channels):
+def transformer_params(c, context_dim, ff_mult):
+    """Spatial transformer: 3 LayerNorms, self-attn (q, k, v, out), cross-attn, GELU MLP."""
+    self_attention = 4 * dense(c, c)
+    cross_attention = 2 * dense(c, c) + 2 * dense(context_dim, c)
+    return (
+        3 * norm(c)
+        + self_attention
+        + cross_attention
+        + dense(c, ff_mult * c)
+        + dense(ff_mult * c, c)
+    )
+
+
+def expected_unet_params(channels, blocks, attn_sides, side, embed, image_channels, attn=None):
     def res(c_in, c_out):
         skip = conv(c_in, c_out, k=1) if c_in != c_out else 0
         return (
@@ -64,8 +84,10 @@ def expected_unet_params(channels, blocks, attn_sides, side, embed, image_channe
             + skip
         )
 
-    def attn(c):
+    def self_attention(c):
         return norm(c) + dense(c, 3 * c) + dense(c, c)
+
+    attn = attn or self_attention
 
     total = dense(embed, embed) + conv(image_channels, channels[0])
     skip_channels, c_in, sides = [channels[0]], channels[0], []
@@ -197,7 +219,7 @@ class ConstantNet(nn.Module):
     value: float = 0.0
 
     @nn.compact
-    def __call__(self, x, t, train=False):
+    def __call__(self, x, t, labels=None, train=False):
         return jnp.full_like(x, self.value)
 
 
@@ -220,3 +242,138 @@ def test_seed_parametrisation_divides_by_std():
     np.testing.assert_allclose(
         score_fn(jnp.zeros((2, 2, 2, 1)), t)[:, 0, 0, 0], 2.0 / sde.marginal_std(t), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("config_module", [mnist_cond, fashion_mnist_cond, cifar10_cond])
+def test_conditional_nets_add_transformers_and_class_tokens_to_the_unconditional_ones(
+    config_module,
+):
+    config = config_module.get_config()
+    m = config.model
+    image_shape, num_classes = dataset_info(config.data.dataset)
+    params, out_shape = init_shapes(
+        create_model(m, image_shape, num_classes=num_classes), image_shape
+    )
+    assert out_shape == (2, *image_shape)
+    transformer = lambda c: transformer_params(c, m.context_dim, m.ff_mult)  # noqa: E731
+    tokens = (num_classes + 1) * m.context_tokens * m.context_dim  # the null class included
+    if m.name.startswith("seed_unet"):
+        sides = [26, 12, 5, 2]  # 28x28 images
+        encoder = [
+            c for c, side in zip(m.channels, sides, strict=True) if side in m.attention_resolutions
+        ]
+        decoder = [
+            c
+            for c, side in zip(m.channels[:-1], sides[:-1], strict=True)
+            if side in m.attention_resolutions
+        ]
+        expected = expected_seed_params(m.channels, m.embed_dim, image_shape[-1])
+        expected += sum(transformer(c) for c in encoder + decoder)
+    else:
+        expected = expected_unet_params(
+            m.channels,
+            m.num_res_blocks,
+            m.attention_resolutions,
+            image_shape[0],
+            m.embed_dim,
+            image_shape[-1],
+            attn=transformer,
+        )
+    assert count(params) == expected + tokens
+
+
+def random_params(module, *inputs):
+    """Parameters drawn N(0, 0.5^2): no zero-initialised layer hides an error."""
+    params = module.init(jax.random.key(0), *inputs)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(
+        tree, [0.5 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+    )
+
+
+def numpy_attention(p, x, context):
+    """Naive multi-head softmax attention, head by head, in float64."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    q = np.einsum("bnc,chd->bnhd", x, p["query"]["kernel"]) + p["query"]["bias"]
+    k = np.einsum("blc,chd->blhd", context, p["key"]["kernel"]) + p["key"]["bias"]
+    v = np.einsum("blc,chd->blhd", context, p["value"]["kernel"]) + p["value"]["bias"]
+    heads = []
+    for h in range(q.shape[2]):
+        logits = q[:, :, h] @ k[:, :, h].transpose(0, 2, 1) / np.sqrt(q.shape[-1])
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        heads.append(weights @ v[:, :, h])
+    out = np.stack(heads, axis=2)  # (b, n, heads, head_dim)
+    return np.einsum("bnhd,hdc->bnc", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_attention_matches_a_numpy_softmax_reference(num_heads, cross):
+    x = np.asarray(jax.random.normal(jax.random.key(2), (3, 7, 16)), np.float64)
+    context = (
+        np.asarray(jax.random.normal(jax.random.key(3), (3, 5, 12)), np.float64) if cross else None
+    )
+    layer = MultiHeadAttention(num_heads)
+    inputs = (jnp.asarray(x, jnp.float32),) + (
+        (jnp.asarray(context, jnp.float32),) if cross else ()
+    )
+    params = random_params(layer, *inputs)
+    out = layer.apply({"params": params}, *inputs)
+    expected = numpy_attention(params, x, context if cross else x)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def numpy_layer_norm(p, x):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * np.asarray(p["scale"]) + np.asarray(p["bias"])
+
+
+def test_spatial_transformer_matches_a_numpy_reference():
+    x = np.asarray(jax.random.normal(jax.random.key(4), (2, 3, 3, 8)), np.float64)
+    context = np.asarray(jax.random.normal(jax.random.key(5), (2, 4, 6)), np.float64)
+    block = SpatialTransformer(num_heads=2, ff_mult=3)
+    params = random_params(block, jnp.asarray(x, jnp.float32), jnp.asarray(context, jnp.float32))
+    out = block.apply(
+        {"params": params}, jnp.asarray(x, jnp.float32), jnp.asarray(context, jnp.float32)
+    )
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    y = x.reshape(2, 9, 8)
+    h = numpy_layer_norm(p["LayerNorm_0"], y)
+    y = y + numpy_attention(p["MultiHeadAttention_0"], h, h)
+    y = y + numpy_attention(
+        p["MultiHeadAttention_1"], numpy_layer_norm(p["LayerNorm_1"], y), context
+    )
+    h = numpy_layer_norm(p["LayerNorm_2"], y) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))  # flax's gelu
+    y = y + h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    np.testing.assert_allclose(out, y.reshape(2, 3, 3, 8), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config_module", [mnist_cond, fashion_mnist_cond])
+def test_conditional_net_output_depends_on_the_label(config_module):
+    config = config_module.get_config()
+    config.model.channels = (8, 16, 16, 16) if config.model.name.startswith("seed") else (8, 16, 16)
+    config.model.embed_dim = config.model.context_dim = 16
+    config.model.num_heads = 2
+    model = create_model(config.model, (28, 28, 1), num_classes=10)
+    x, t = jax.random.normal(jax.random.key(0), (3, 28, 28, 1)), jnp.full((3,), 0.5)
+    params = random_params(model, x, t, jnp.zeros(3, jnp.int32))
+    out = lambda labels: model.apply({"params": params}, x, t, jnp.asarray(labels))  # noqa: E731
+    same, other, null = out([1, 1, 1]), out([2, 2, 2]), out([10, 10, 10])
+    np.testing.assert_array_equal(same, out([1, 1, 1]))
+    assert float(jnp.abs(same - other).max()) > 1e-3
+    assert float(jnp.abs(same - null).max()) > 1e-3
+    # Each example sees only its own label.
+    np.testing.assert_allclose(out([1, 2, 10])[1], other[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs labels"):
+        model.apply({"params": params}, x, t)
+
+
+def test_conditional_seed_net_needs_an_attention_side_it_has():
+    config = mnist_cond.get_config().model
+    config.attention_resolutions = (7,)
+    with pytest.raises(UserError, match=r"names none of .*\[26, 12, 5, 2\]"):
+        create_model(config, (28, 28, 1), num_classes=10)

@@ -24,9 +24,15 @@ MODELS = {
 
 
 def create_model(
-    model_config, image_shape: tuple[int, int, int], dtype: jnp.dtype | None = None
+    model_config,
+    image_shape: tuple[int, int, int],
+    dtype: jnp.dtype | None = None,
+    num_classes: int = 0,
 ) -> nn.Module:
     """Builds the score network named by `model_config.name` for images of `image_shape` (HWC).
+
+    With `model_config.conditional`, the net is conditioned on `num_classes`
+    classes (plus the null class) through cross-attention.
 
     Raises:
       UserError: for an unknown name or an image shape the architecture cannot take.
@@ -43,15 +49,22 @@ def create_model(
     height, width, _ = image_shape
     channels = tuple(c.channels)
     common = dict(channels=channels, embed_dim=c.embed_dim, fourier_scale=c.fourier_scale)
+    if c.conditional:
+        common.update(_conditioning_fields(c, channels, num_classes))
     if c.name.startswith("seed_unet"):
         if len(channels) != 4:
             raise UserError(f"model {c.name!r} has 4 levels; model.channels={channels}")
         # Three stride-2 VALID 3x3 convs after a stride-1 one: the smallest map must stay >= 1.
-        side = min(height, width) - 2
+        sides = [min(height, width) - 2]
         for _ in range(3):
-            side = (side - 3) // 2 + 1
-        if side < 1:
+            sides.append((sides[-1] - 3) // 2 + 1)
+        if sides[-1] < 1:
             raise UserError(f"image {height}x{width} is too small for {c.name!r} (needs >= 16x16)")
+        if c.conditional and not set(sides) & set(c.attention_resolutions):
+            raise UserError(
+                f"model.attention_resolutions={tuple(c.attention_resolutions)} names none of "
+                f"{c.name!r}'s feature-map sides {sides}: the condition would be ignored"
+            )
         return MODELS[c.name](**common, dtype=dtype)
     factor = 2 ** (len(channels) - 1)
     if height % factor or width % factor:
@@ -69,6 +82,29 @@ def create_model(
     )
 
 
+def _conditioning_fields(model_config, channels: tuple[int, ...], num_classes: int) -> dict:
+    c = model_config
+    if num_classes < 1:
+        raise UserError("model.conditional needs a dataset with classes")
+    for field in ("context_tokens", "context_dim", "ff_mult", "num_heads"):
+        if c[field] < 1:
+            raise UserError(f"model.{field} must be positive, got {c[field]}")
+    for width in channels:
+        if width % c.num_heads:
+            raise UserError(
+                f"model.channels={channels} do not split into model.num_heads={c.num_heads} heads"
+            )
+    fields = dict(
+        num_classes=num_classes,
+        context_tokens=c.context_tokens,
+        context_dim=c.context_dim,
+        ff_mult=c.ff_mult,
+    )
+    if c.name.startswith("seed_unet"):  # The residual UNet takes these in any case.
+        fields.update(attention_resolutions=tuple(c.attention_resolutions), num_heads=c.num_heads)
+    return fields
+
+
 PRECONDITIONINGS = ("none", "edm")
 
 
@@ -79,8 +115,11 @@ def make_score_fn(
     model_config,
     train: bool = False,
     dropout_key: jax.Array | None = None,
+    labels: jax.Array | None = None,
 ) -> ScoreFn:
     """Turns the network into a score function s(x, t), as `model_config.preconditioning` says.
+
+    A conditional network is evaluated at the class `labels` (B,).
 
     "none" is the seed's parametrisation: s = F(x, t) / std(t) (the network
     predicts -z). "edm" wraps the same network in Karras et al.'s (2022)
@@ -94,7 +133,7 @@ def make_score_fn(
 
     def network(x, t):
         rngs = {"dropout": dropout_key} if train else None
-        return model.apply({"params": params}, x, t, train=train, rngs=rngs)
+        return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
 
     if model_config.preconditioning == "none":
         return lambda x, t: network(x, t) / _bcast(sde.marginal_std(t), x)

@@ -71,6 +71,38 @@ class ResBlock(nn.Module):
         return x + h
 
 
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention of `x` to `context` (to itself if None).
+
+    Queries come from x (B, N, C), keys and values from context (B, L, D); the
+    output has x's shape. Projections have biases. `zero_init_output` starts the
+    layer at 0, so a residual block around it starts as the identity.
+    """
+
+    num_heads: int = 1
+    zero_init_output: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        channels = x.shape[-1]
+        if channels % self.num_heads:
+            raise ValueError(f"{channels} channels do not split into {self.num_heads} heads")
+        context = x if context is None else context
+        heads = (self.num_heads, channels // self.num_heads)
+        q = nn.DenseGeneral(heads, dtype=self.dtype, name="query")(x)
+        k = nn.DenseGeneral(heads, dtype=self.dtype, name="key")(context)
+        v = nn.DenseGeneral(heads, dtype=self.dtype, name="value")(context)
+        # Dispatches to fused (flash) kernels where the backend has them.
+        out = jax.nn.dot_product_attention(q, k, v)
+        kernel_init = (
+            nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
+        )
+        return nn.DenseGeneral(
+            channels, axis=(-2, -1), kernel_init=kernel_init, dtype=self.dtype, name="out"
+        )(out)
+
+
 class SelfAttentionBlock(nn.Module):
     """Pre-GroupNorm multi-head self-attention over the pixels of a feature map, + residual."""
 
@@ -80,17 +112,55 @@ class SelfAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        if c % self.num_heads:
-            raise ValueError(f"{c} channels do not split into {self.num_heads} heads")
         y = nn.GroupNorm(group_count(c), dtype=self.dtype)(x).reshape(b, h * w, c)
-        qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads), dtype=self.dtype)(y)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # Dispatches to fused (flash) kernels where the backend has them.
-        out = jax.nn.dot_product_attention(q, k, v)
-        out = nn.DenseGeneral(
-            c, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype
-        )(out)
+        out = MultiHeadAttention(self.num_heads, zero_init_output=True, dtype=self.dtype)(y)
         return x + out.reshape(b, h, w, c)
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer block over the pixels of a feature map, conditioned by cross-attention.
+
+    On the H*W pixel tokens: pre-LayerNorm self-attention, pre-LayerNorm
+    cross-attention to the condition tokens, pre-LayerNorm GELU feed-forward
+    (`ff_mult` times wide), each with a residual. The three output projections
+    start at zero, so the block starts as the identity.
+    """
+
+    num_heads: int = 1
+    ff_mult: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        attention = lambda: MultiHeadAttention(  # noqa: E731
+            self.num_heads, zero_init_output=True, dtype=self.dtype
+        )
+        y = x.reshape(b, h * w, c)
+        y = y + attention()(nn.LayerNorm(dtype=self.dtype)(y))
+        y = y + attention()(nn.LayerNorm(dtype=self.dtype)(y), context.astype(self.dtype))
+        z = nn.gelu(nn.Dense(self.ff_mult * c, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(y)))
+        y = y + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype)(z)
+        return y.reshape(b, h, w, c)
+
+
+class ClassContext(nn.Module):
+    """Condition tokens of a class: a learned embedding of the label, as `num_tokens` tokens.
+
+    Labels run over [0, num_classes]; `num_classes` is the learned null token of
+    classifier-free guidance. Several tokens per class give the cross-attention
+    something to choose between (with one token, softmax attention is constant).
+    """
+
+    num_classes: int
+    num_tokens: int = 4
+    features: int = 256
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, labels: jax.Array) -> jax.Array:
+        embed = nn.Embed(self.num_classes + 1, self.num_tokens * self.features, dtype=self.dtype)
+        return embed(labels).reshape(labels.shape[0], self.num_tokens, self.features)
 
 
 def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:

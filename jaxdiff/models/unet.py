@@ -1,8 +1,9 @@
 """Score U-Nets: the seed's small net and a residual/attention ("enhanced") net.
 
-Both map (x_t, t) to a tensor shaped like x_t; `jaxdiff.train.score_fn` divides
-it by the marginal std(t), so the network predicts -z rather than a score whose
-scale spans three orders of magnitude.
+Both map (x_t, t) to a tensor shaped like x_t, which `jaxdiff.models.make_score_fn`
+turns into a score. With `num_classes > 0` they are conditional: they also take
+class labels (the null label `num_classes` meaning "none"), embedded as
+condition tokens that spatial-transformer blocks cross-attend to.
 """
 
 from collections.abc import Sequence
@@ -12,16 +13,35 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.models.layers import (
+    ClassContext,
     Dtype,
     ResBlock,
     SelfAttentionBlock,
+    SpatialTransformer,
     TimeEmbedding,
     group_count,
     resize_to,
 )
 
 
-class SeedUNet(nn.Module):
+class ConditioningMixin:
+    """Fields and helpers shared by the conditional versions of both U-Nets."""
+
+    def context(self, labels: jax.Array | None, batch: int) -> jax.Array | None:
+        """Condition tokens of the labels, or None for an unconditional net."""
+        if not self.num_classes:
+            return None
+        if labels is None or labels.shape != (batch,):
+            raise ValueError(f"a conditional net needs labels of shape ({batch},)")
+        return ClassContext(
+            self.num_classes, self.context_tokens, self.context_dim, self.dtype, name="context"
+        )(labels)
+
+    def transformer(self) -> SpatialTransformer:
+        return SpatialTransformer(self.num_heads, self.ff_mult, self.dtype)
+
+
+class SeedUNet(nn.Module, ConditioningMixin):
     """The seed's MNIST score network, layer for layer.
 
     Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2) with the time embedding
@@ -31,12 +51,21 @@ class SeedUNet(nn.Module):
     nearest-neighbour resize to the skip's size + 3x3 SAME conv, which trains
     1.3x faster on XLA:CPU (benchmarks/train_throughput.py), whose transposed-conv
     gradients are slow.
+
+    Conditional (`num_classes > 0`): a spatial transformer follows every encoder
+    level and decoder level whose side is in `attention_resolutions`.
     """
 
     channels: Sequence[int] = (32, 64, 128, 256)
     embed_dim: int = 256
     fourier_scale: float = 30.0
     upsample: str = "resize"
+    num_classes: int = 0
+    attention_resolutions: Sequence[int] = (5, 2)
+    num_heads: int = 1
+    context_tokens: int = 4
+    context_dim: int = 256
+    ff_mult: int = 4
     dtype: Dtype = jnp.float32
 
     def _up(self, h: jax.Array, features: int, target: tuple[int, int], stride: int, bias: bool):
@@ -59,9 +88,17 @@ class SeedUNet(nn.Module):
         return h
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
         del train  # The seed net has no dropout.
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
+        context = self.context(labels, x.shape[0])
+
+        def attend(h):
+            if context is not None and h.shape[1] in self.attention_resolutions:
+                return self.transformer()(h, context)
+            return h
 
         def add_time_and_normalize(h, groups=32):
             h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
@@ -73,25 +110,27 @@ class SeedUNet(nn.Module):
         for level, channels in enumerate(self.channels):
             stride = 1 if level == 0 else 2
             h = nn.Conv(channels, (3, 3), stride, "VALID", use_bias=False, dtype=self.dtype)(h)
-            h = add_time_and_normalize(h, groups=4 if level == 0 else 32)
+            h = attend(add_time_and_normalize(h, groups=4 if level == 0 else 32))
             encoder.append(h)
         # Decoder: up to each encoder level's size, then add that level's activation.
         for level in range(len(self.channels) - 1, 0, -1):
             skip = encoder[level - 1]
             h = self._up(h, skip.shape[-1], skip.shape[1:3], stride=2, bias=False)
-            h = add_time_and_normalize(h) + skip
+            h = attend(add_time_and_normalize(h) + skip)
         h = self._up(h, x.shape[-1], x.shape[1:3], stride=1, bias=True)
         return h.astype(jnp.float32)
 
 
-class UNet(nn.Module):
+class UNet(nn.Module, ConditioningMixin):
     """The "enhanced" score network: DDPM-style residual U-Net with self-attention.
 
     `channels[i]` is the width at level i; resolution halves between levels
     (strided 3x3 conv down, nearest resize + 3x3 conv up). Each level has
     `num_res_blocks` residual blocks (one more on the way up, fed by the
     concatenated skips), and self-attention where the feature map's side is in
-    `attention_resolutions`. The bottleneck is res-attn-res.
+    `attention_resolutions`. The bottleneck is res-attn-res. Conditional
+    (`num_classes > 0`): every attention block is a spatial transformer
+    (self-attention, cross-attention to the condition tokens, feed-forward).
     """
 
     channels: Sequence[int] = (64, 128, 128)
@@ -101,13 +140,24 @@ class UNet(nn.Module):
     dropout: float = 0.1
     embed_dim: int = 256
     fourier_scale: float = 30.0
+    num_classes: int = 0
+    context_tokens: int = 4
+    context_dim: int = 256
+    ff_mult: int = 4
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
+        context = self.context(labels, x.shape[0])
         res = lambda c: ResBlock(c, self.dropout, self.dtype)  # noqa: E731
-        attn = lambda: SelfAttentionBlock(self.num_heads, self.dtype)  # noqa: E731
+
+        def attn():
+            if context is None:
+                return SelfAttentionBlock(self.num_heads, self.dtype)
+            return lambda h: self.transformer()(h, context)
 
         h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
