@@ -1,11 +1,13 @@
 """Train-step throughput (images/s) of each dataset config, and of the layer/loop choices.
 
-    python benchmarks/train_throughput.py                  # all rows, ~10 min on 2 CPU cores
-    python benchmarks/train_throughput.py --rows=mnist,cifar10 --repeats=5
+    python benchmarks/train_throughput.py                  # all rows, ~15 min on 2 CPU cores
+    python benchmarks/train_throughput.py --rows=mnist,mnist_cond --name=cond_vs_uncond
 
-Rows are measured one after another in a single process, after a warm-up
-call; each figure is the median over `--repeats` timed calls. Results are
-printed as a table and saved to benchmarks/results/train_throughput_<backend>.json.
+All rows are compiled and warmed up first, then timed in turns (row 1, row 2,
+..., row 1, ...) so that a noisy machine slows them alike; each figure is the
+median over `--repeats` timed calls, and ratios between rows of one run are
+the trustworthy comparison. Results are printed as a table and saved to
+benchmarks/results/<name>_<backend>.json.
 """
 
 import argparse
@@ -20,7 +22,14 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import cifar10, fashion_mnist, mnist
+from configs import (
+    cifar10,
+    cifar10_cond,
+    fashion_mnist,
+    fashion_mnist_cond,
+    mnist,
+    mnist_cond,
+)
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params
@@ -46,15 +55,19 @@ ROWS = {
     "mnist": (lambda: _config(mnist, steps_per_call=1), None),
     "fashion_mnist": (lambda: _config(fashion_mnist, steps_per_call=1), None),
     "cifar10": (lambda: _config(cifar10, steps_per_call=1), None),
+    "mnist_cond": (lambda: _config(mnist_cond, steps_per_call=1), None),
+    "fashion_mnist_cond": (lambda: _config(fashion_mnist_cond, steps_per_call=1), None),
+    "cifar10_cond": (lambda: _config(cifar10_cond, steps_per_call=1), None),
     "mnist_seed_unet_transpose": (_seed_transpose, None),
     "mnist_4_steps_per_call_python_loop": (lambda: _config(mnist, steps_per_call=4), True),
     "mnist_4_steps_per_call_lax_scan": (lambda: _config(mnist, steps_per_call=4), False),
 }
 
 
-def measure(config, python_loop, repeats):
-    """Median seconds per optimizer step, and the first call's (compile) time."""
+def prepare(config, python_loop):
+    """Compiles a row's train call and runs it once; returns (timed_call, warm-up s, params)."""
     experiment = create_experiment(config)
+    config = experiment.config
     images, labels = data.load_split(config.data.dataset, "train[:2048]", config.data.data_dir)
     dataset = data.to_device(images, labels, experiment.mesh)
     tx = create_optimizer(config.training)
@@ -69,13 +82,16 @@ def measure(config, python_loop, repeats):
     state, _ = call(state, key, dataset)
     jax.block_until_ready(state)
     warmup = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
+    holder = {"state": state}
+
+    def timed_call():
+        """Seconds per optimizer step of one call."""
         start = time.perf_counter()
-        state, _ = call(state, key, dataset)
-        jax.block_until_ready(state)
-        times.append((time.perf_counter() - start) / config.training.steps_per_call)
-    return statistics.median(times), warmup, count_params(state.params)
+        holder["state"], _ = call(holder["state"], key, dataset)
+        jax.block_until_ready(holder["state"])
+        return (time.perf_counter() - start) / config.training.steps_per_call
+
+    return timed_call, warmup, count_params(state.params)
 
 
 def main():
@@ -83,17 +99,32 @@ def main():
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
     parser.add_argument("--batch_size", type=int, default=0, help="override every config's batch")
+    parser.add_argument("--name", default="train_throughput", help="results file stem")
     args = parser.parse_args()
-    results = []
-    for name in args.rows.split(","):
+    names = args.rows.split(",")
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        sys.exit(f"error: unknown rows {unknown}; choose from {sorted(ROWS)}")
+    configs, prepared = {}, {}
+    for name in names:
         make_config, python_loop = ROWS[name]
-        config = make_config()
+        configs[name] = make_config()
         if args.batch_size:
-            config.training.batch_size = args.batch_size
-        seconds, warmup, params = measure(config, python_loop, args.repeats)
+            configs[name].training.batch_size = args.batch_size
+        prepared[name] = prepare(configs[name], python_loop)
+        print(f"{name}: compiled and warmed up in {prepared[name][1]:.1f} s", flush=True)
+    times = {name: [] for name in names}
+    for _ in range(args.repeats):  # In turns: each round times every row once.
+        for name in names:
+            times[name].append(prepared[name][0]())
+    results = []
+    for name in names:
+        config, (_, warmup, params) = configs[name], prepared[name]
+        seconds = statistics.median(times[name])
         row = {
             "row": name,
             "model": config.model.name,
+            "conditional": bool(config.model.conditional),
             "params": params,
             "batch": config.training.batch_size,
             "steps_per_call": config.training.steps_per_call,
@@ -119,7 +150,7 @@ def main():
         "rows": results,
     }
     here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "results", f"train_throughput_{jax.default_backend()}.json")
+    path = os.path.join(here, "results", f"{args.name}_{jax.default_backend()}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
