@@ -61,6 +61,40 @@ def get_config() -> ml_collections.ConfigDict:
     # conditional only: hidden width of the transformer feed-forward, in channels.
     model.ff_mult = 4
 
+    config.autoencoder = autoencoder = ml_collections.ConfigDict()
+    # Latent diffusion: train this autoencoder first (stage 1), then the score model
+    # on its scaled latents (stage 2); samples are decoded. False: pixel space.
+    autoencoder.enabled = False
+    # Channels per level; the resolution halves (rounding up) between levels, so
+    # 3 levels map 28x28 to 7x7 and 32x32 to 8x8.
+    autoencoder.channels = (32, 64, 64)
+    # Residual blocks per level, in encoder and decoder.
+    autoencoder.num_res_blocks = 1
+    # Channels of the latent map.
+    autoencoder.latent_channels = 4
+    # A VAE (posterior sample in training, KL to N(0, I) weighted by kl_weight) or a plain AE.
+    autoencoder.variational = True
+    # Weight of the KL term (per-example sum over the latent) against the per-pixel loss.
+    autoencoder.kl_weight = 1e-6
+    # Reconstruction loss, averaged over pixels: "l1" or "mse".
+    autoencoder.reconstruction_loss = "l1"
+    # The autoencoder's own optimisation, with the meaning of the training.* fields.
+    autoencoder.num_steps = 3000
+    autoencoder.batch_size = 128
+    autoencoder.learning_rate = 1e-3
+    autoencoder.warmup_steps = 200
+    autoencoder.schedule = "cosine"
+    autoencoder.end_lr_factor = 0.01
+    autoencoder.weight_decay = 0.0
+    autoencoder.grad_clip = 1.0
+    autoencoder.ema_decay = 0.999
+    autoencoder.steps_per_call = 0
+    autoencoder.log_every = 100
+    autoencoder.checkpoint_every = 1000
+    autoencoder.keep_checkpoints = 2
+    # Split on which the finished autoencoder's reconstruction MSE and PSNR are measured.
+    autoencoder.eval_split = "test"
+
     config.sde = sde = ml_collections.ConfigDict()
     # Noise process: ve (the seed's dx = sigma^t dw), vp or subvp.
     sde.name = "ve"

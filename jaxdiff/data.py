@@ -115,19 +115,29 @@ def draw_batch(
 ) -> tuple[jax.Array, jax.Array]:
     """Draws a random batch (with replacement) and augments it; call inside jit.
 
+    uint8 images become float32 in [0, 1] (or [-1, 1] if centered); float data
+    (latent diffusion's latents) is returned as stored.
+
     Returns:
-      float32 images in [0, 1] (or [-1, 1] if centered) and their int32 labels,
-      both sharded over the batch axis.
+      The batch and its int32 labels, both sharded over the batch axis.
     """
     index_key, flip_key = jax.random.split(key)
     index = jax.random.randint(index_key, (batch_size,), 0, dataset.num_examples)
     x = jax.lax.with_sharding_constraint(dataset.images[index], sharding)
-    x = x.astype(jnp.float32) / 255.0
     labels = jax.lax.with_sharding_constraint(dataset.labels[index], sharding)
+    if dataset.images.dtype != jnp.uint8:
+        return x, labels
+    x = x.astype(jnp.float32) / 255.0
     if random_flip:
         flip = jax.random.bernoulli(flip_key, 0.5, (batch_size, 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
     return (2.0 * x - 1.0 if centered else x), labels
+
+
+def to_model_range(images: jax.Array, centered: bool) -> jax.Array:
+    """uint8 pixels -> the float range the models see ([0, 1], or [-1, 1] if centered)."""
+    x = images.astype(jnp.float32) / 255.0
+    return 2.0 * x - 1.0 if centered else x
 
 
 def to_uint8(x: jax.Array, centered: bool) -> jax.Array:

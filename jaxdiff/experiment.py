@@ -9,7 +9,8 @@ import ml_collections
 
 from jaxdiff import conditioning, data, parallel, samplers
 from jaxdiff.errors import UserError
-from jaxdiff.models import create_model
+from jaxdiff.models import create_autoencoder, create_model
+from jaxdiff.models.autoencoder import latent_shape
 from jaxdiff.sde import SDE, create_sde
 
 
@@ -20,12 +21,17 @@ class Experiment:
     config: ml_collections.ConfigDict
     model: nn.Module
     sde: SDE
+    # Pixels of the dataset's images (H, W, C).
     image_shape: tuple[int, int, int]
+    # What the score model generates: the images, or the autoencoder's latents.
+    data_shape: tuple[int, int, int]
     mesh: jax.sharding.Mesh
     # Classes the model is conditioned on (0: unconditional); label num_classes is null.
     num_classes: int = 0
     # Class ids named by sampling.prompt, one grid row each; () samples unconditionally.
     prompt_labels: tuple[int, ...] = ()
+    # Latent diffusion's autoencoder (None in pixel space).
+    autoencoder: nn.Module | None = None
 
 
 _POSITIVE_TRAINING_FIELDS = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -46,11 +52,38 @@ def _auto_steps_per_call(training_config) -> int:
     return steps
 
 
+def _check_optimization(group: ml_collections.ConfigDict, name: str, batch_devices: int) -> None:
+    """Validates an optimisation group (training, autoencoder) and resolves steps_per_call."""
+    for field in _POSITIVE_TRAINING_FIELDS:
+        if group[field] < 1:
+            raise UserError(f"{name}.{field} must be positive, got {group[field]}")
+    if group.num_steps < 0:
+        raise UserError(f"{name}.num_steps must be >= 0, got {group.num_steps}")
+    if group.steps_per_call < 0:
+        raise UserError(
+            f"{name}.steps_per_call must be >= 0 (0: automatic), got {group.steps_per_call}"
+        )
+    if group.steps_per_call == 0:
+        group.steps_per_call = _auto_steps_per_call(group)
+    for field in ("num_steps", "log_every", "checkpoint_every"):
+        if group[field] % group.steps_per_call:
+            raise UserError(
+                f"{name}.{field}={group[field]} must be a multiple of "
+                f"{name}.steps_per_call={group.steps_per_call}"
+            )
+    if not 0.0 <= group.ema_decay < 1.0:
+        raise UserError(f"{name}.ema_decay must be in [0, 1), got {group.ema_decay}")
+    if group.batch_size % batch_devices:
+        raise UserError(
+            f"{name}.batch_size={group.batch_size} is not divisible by the {batch_devices} devices"
+        )
+
+
 def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Validates the whole config and builds model, SDE and mesh; reads and writes no file.
 
     The experiment holds a copy of the config with automatic values resolved
-    (training.steps_per_call = 0); use `experiment.config` from then on.
+    (steps_per_call = 0); use `experiment.config` from then on.
 
     Raises:
       UserError: for any unknown name or impossible setting, naming the field.
@@ -59,48 +92,37 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     image_shape, dataset_classes = data.dataset_info(config.data.dataset)
     sde = create_sde(config.sde)
     samplers.create_sampler(config.sampling)
+    mesh = parallel.create_mesh()
     t = config.training
-    for field in _POSITIVE_TRAINING_FIELDS:
-        if t[field] < 1:
-            raise UserError(f"training.{field} must be positive, got {t[field]}")
-    if t.num_steps < 0:
-        raise UserError(f"training.num_steps must be >= 0, got {t.num_steps}")
-    if t.steps_per_call < 0:
-        raise UserError(
-            f"training.steps_per_call must be >= 0 (0: automatic), got {t.steps_per_call}"
-        )
-    if t.steps_per_call == 0:
-        t.steps_per_call = _auto_steps_per_call(t)
-    for field in ("num_steps", "log_every", "checkpoint_every"):
-        if t[field] % t.steps_per_call:
-            raise UserError(
-                f"training.{field}={t[field]} must be a multiple of "
-                f"training.steps_per_call={t.steps_per_call}"
-            )
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise UserError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _check_optimization(t, "training", mesh.size)
     if not 0.0 < t.eps < 1.0:
         raise UserError(f"training.eps must be in (0, 1), got {t.eps}")
     if config.sampling.num_samples < 1:
         raise UserError(f"sampling.num_samples must be positive, got {config.sampling.num_samples}")
-    mesh = parallel.create_mesh()
-    if t.batch_size % mesh.size:
-        raise UserError(
-            f"training.batch_size={t.batch_size} is not divisible by the {mesh.size} devices"
-        )
+    dtype = jnp.bfloat16 if t.half_precision else None
+    autoencoder, data_shape = None, image_shape
+    if config.autoencoder.enabled:
+        _check_optimization(config.autoencoder, "autoencoder", mesh.size)
+        autoencoder = create_autoencoder(config.autoencoder, image_shape, dtype)
+        data_shape = latent_shape(config.autoencoder, image_shape)
+        if config.data.random_flip:
+            raise UserError(
+                "data.random_flip cannot be used with autoencoder.enabled: the latents are "
+                "encoded once, without flips; set --config.data.random_flip=False"
+            )
     num_classes = dataset_classes if config.model.conditional else 0
     prompt_labels = _check_conditioning(config, num_classes)
-    model = create_model(
-        config.model, image_shape, jnp.bfloat16 if t.half_precision else None, num_classes
-    )
+    model = create_model(config.model, data_shape, dtype, num_classes)
     return Experiment(
         config=config,
         model=model,
         sde=sde,
         image_shape=image_shape,
+        data_shape=data_shape,
         mesh=mesh,
         num_classes=num_classes,
         prompt_labels=tuple(prompt_labels),
+        autoencoder=autoencoder,
     )
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import conditioning, data, parallel, samplers
+from jaxdiff import conditioning, data, latent, parallel, samplers
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
@@ -35,14 +35,18 @@ def sample_labels(experiment: Experiment) -> np.ndarray | None:
     return np.full(s.num_samples, experiment.num_classes, np.int32)
 
 
-def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
-    """Jits params -> (N, H, W, C) uint8 samples with the configured sampler.
+def make_sample_fn(
+    experiment: Experiment, latent_scale: float | None = None
+) -> Callable[[Any, Any], jax.Array]:
+    """Jits (params, autoencoder_params) -> (N, H, W, C) uint8 samples.
 
     N is `sampling.num_samples`, or classes x `samples_per_class` with a
     prompt, in which case the conditional score is guided by
-    `sampling.guidance_scale`. The key is fixed by `config.seed`, so grids from
-    successive checkpoints share their noise and show how the model improved.
-    Samples are split over the devices when their number allows it.
+    `sampling.guidance_scale`. For latent diffusion the sampled latents are
+    divided by `latent_scale` and decoded with `autoencoder_params`; in pixel
+    space that argument is None. The key is fixed by `config.seed`, so grids
+    from successive checkpoints share their noise and show how the model
+    improved. Samples are split over the devices when their number allows it.
     """
     config = experiment.config
     sampler = samplers.create_sampler(config.sampling)
@@ -53,7 +57,7 @@ def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
     sharding = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
-    def sample_fn(params):
+    def sample_fn(params, autoencoder_params=None):
         def score_given_labels(x, t, y):
             return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(
                 x, t
@@ -70,7 +74,11 @@ def make_sample_fn(experiment: Experiment) -> Callable[[Any], jax.Array]:
             # Pins the sampler's carry to the batch sharding; XLA propagates the rest.
             return score_fn(jax.lax.with_sharding_constraint(x, sharding), t)
 
-        x = sampler(key, sharded_score_fn, experiment.sde, (num, *experiment.image_shape))
+        x = sampler(key, sharded_score_fn, experiment.sde, (num, *experiment.data_shape))
+        if experiment.autoencoder is not None:
+            x = experiment.autoencoder.apply(
+                {"params": autoencoder_params}, x / latent_scale, method="decode"
+            )
         return data.to_uint8(x, config.data.centered)
 
     return jax.jit(sample_fn, out_shardings=sharding)
@@ -143,7 +151,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
         samplers.num_function_evals(config.sampling),
         f", guidance scale {config.sampling.guidance_scale:g}" if experiment.prompt_labels else "",
     )
-    images = parallel.to_host(make_sample_fn(experiment)(state.ema_params))
+    autoencoder_params, scale = None, None
+    if experiment.autoencoder is not None:
+        autoencoder_params, scale = latent.load_autoencoder(experiment, workdir)
+    images = parallel.to_host(
+        make_sample_fn(experiment, scale)(state.ema_params, autoencoder_params)
+    )
     stem = os.path.join(workdir, "samples", _file_stem(experiment, step))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stem), exist_ok=True)

@@ -1,5 +1,6 @@
 """The train state and its optimizer."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -57,13 +58,8 @@ def create_optimizer(training_config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw) if c.grad_clip else adamw
 
 
-def create_train_state(
-    key: jax.Array, model: nn.Module, image_shape: tuple[int, ...], tx: optax.GradientTransformation
-) -> TrainState:
-    """Initialises parameters (EMA starts equal to them) and the optimizer state."""
-    # Labels are ignored by unconditional nets.
-    dummy = (jnp.zeros((1, *image_shape)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
-    params = model.init(key, *dummy)["params"]
+def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """A step-0 state: the EMA starts equal to the parameters."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -72,12 +68,37 @@ def create_train_state(
     )
 
 
-def abstract_train_state(experiment: Experiment, tx: optax.GradientTransformation) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the train state, computed without FLOPs."""
-    shapes = jax.eval_shape(
-        lambda: create_train_state(jax.random.key(0), experiment.model, experiment.image_shape, tx)
-    )
-    replicated = parallel.replicated(experiment.mesh)
+def create_train_state(
+    key: jax.Array, model: nn.Module, data_shape: tuple[int, ...], tx: optax.GradientTransformation
+) -> TrainState:
+    """Initialises a score model for data of `data_shape` and its optimizer state."""
+    # Labels are ignored by unconditional nets.
+    dummy = (jnp.zeros((1, *data_shape)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
+    return init_state(model.init(key, *dummy)["params"], tx)
+
+
+def create_autoencoder_state(
+    key: jax.Array,
+    autoencoder: nn.Module,
+    image_shape: tuple[int, ...],
+    tx: optax.GradientTransformation,
+) -> TrainState:
+    """Initialises latent diffusion's autoencoder and its optimizer state."""
+    return init_state(autoencoder.init(key, jnp.zeros((1, *image_shape)))["params"], tx)
+
+
+def abstract_state(create: Callable[[], TrainState], mesh: jax.sharding.Mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of `create()`'s state, computed without FLOPs."""
+    shapes = jax.eval_shape(create)
+    replicated = parallel.replicated(mesh)
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
+
+
+def abstract_train_state(experiment: Experiment, tx: optax.GradientTransformation) -> TrainState:
+    """The score model's abstract state (see `abstract_state`)."""
+    return abstract_state(
+        lambda: create_train_state(jax.random.key(0), experiment.model, experiment.data_shape, tx),
+        experiment.mesh,
     )

@@ -54,9 +54,9 @@ CASES = {
     "unknown sde": (["--config.sde.name=vx"], {}, ["'vx'", "subvp", "ve", "vp"]),
     "unknown sampler": (["--config.sampling.sampler=ddim"], {}, ["'ddim'", "euler_maruyama"]),
     "shape does not fit": (
-        ["--config.model.name=unet", "--config.model.channels=(8,8,8,8)"],
+        ["--config.model.name=unet", "--config.model.channels=(8,8,8,8,8,8,8)"],
         {},
-        ["28x28", "divisible by 8"],
+        ["28x28", "too small", "7 levels"],
     ),
     "batch not divisible": (
         ["--config.training.batch_size=12"],
@@ -74,6 +74,16 @@ CASES = {
         ["--config.model.conditional=True", "--config.sampling.prompt=3,eleven"],
         {},
         ["'eleven'", "seven", "integers 0-9"],
+    ),
+    "latent with flips": (
+        ["--config.autoencoder.enabled=True", "--config.data.random_flip=True"],
+        {},
+        ["data.random_flip", "autoencoder.enabled"],
+    ),
+    "unknown reconstruction loss": (
+        ["--config.autoencoder.enabled=True", "--config.autoencoder.reconstruction_loss=l3"],
+        {},
+        ["'l3'", "l1", "mse"],
     ),
     "negative guidance": (
         ["--config.model.conditional=True", "--config.sampling.guidance_scale=-1"],

@@ -190,9 +190,9 @@ def test_unet_dropout_only_in_training():
     [
         (dict(name="resnet"), (28, 28, 1), r"unknown model.name 'resnet'.*seed_unet"),
         (
-            dict(name="unet", channels=(8, 8, 8, 8)),
+            dict(name="unet", channels=(8,) * 7),
             (28, 28, 1),
-            r"28x28 does not fit.*divisible by 8",
+            r"28x28 is too small for model 'unet' with 7 levels",
         ),
         (dict(name="seed_unet", channels=(8, 8, 8)), (28, 28, 1), r"has 4 levels"),
         (dict(name="seed_unet"), (12, 12, 1), r"too small"),

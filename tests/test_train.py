@@ -199,7 +199,7 @@ experiment = create_experiment(config)
 images, labels = data.load_split("mnist", "train[:100]")  # 100 rows: padded to 104 on 8 devices
 dataset = data.to_device(images, labels, experiment.mesh)
 tx = create_optimizer(config.training)
-state = jax.jit(lambda k: create_train_state(k, experiment.model, experiment.image_shape, tx))(
+state = jax.jit(lambda k: create_train_state(k, experiment.model, experiment.data_shape, tx))(
     jax.random.key(0))
 call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
 state, metrics = call(state, jax.random.key(1), dataset)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
 from jaxdiff.losses import ScoreFn
+from jaxdiff.models.autoencoder import Autoencoder
 from jaxdiff.models.unet import SeedUNet, UNet
 from jaxdiff.sde import SDE, _bcast
 
@@ -66,11 +67,13 @@ def create_model(
                 f"{c.name!r}'s feature-map sides {sides}: the condition would be ignored"
             )
         return MODELS[c.name](**common, dtype=dtype)
+    # Sides halve (rounding up) between levels and the decoder resizes back to each
+    # skip's size, so any size works that leaves the deepest level more than one pixel.
     factor = 2 ** (len(channels) - 1)
-    if height % factor or width % factor:
+    if min(height, width) <= factor // 2:
         raise UserError(
-            f"image {height}x{width} does not fit model 'unet' with {len(channels)} levels: "
-            f"height and width must be divisible by {factor}; change model.channels"
+            f"image {height}x{width} is too small for model 'unet' with {len(channels)} levels "
+            f"(needs sides > {factor // 2}); use fewer model.channels"
         )
     return UNet(
         **common,
@@ -103,6 +106,40 @@ def _conditioning_fields(model_config, channels: tuple[int, ...], num_classes: i
     if c.name.startswith("seed_unet"):  # The residual UNet takes these in any case.
         fields.update(attention_resolutions=tuple(c.attention_resolutions), num_heads=c.num_heads)
     return fields
+
+
+RECONSTRUCTION_LOSSES = ("l1", "mse")
+
+
+def create_autoencoder(
+    autoencoder_config, image_shape: tuple[int, int, int], dtype: jnp.dtype | None = None
+) -> Autoencoder:
+    """Builds latent diffusion's autoencoder from the `autoencoder` config group.
+
+    Raises:
+      UserError: for impossible sizes or an unknown reconstruction loss.
+    """
+    c = autoencoder_config
+    if not c.channels or min(c.channels) < 1:
+        raise UserError(f"autoencoder.channels must be positive widths, got {tuple(c.channels)}")
+    for field in ("latent_channels", "num_res_blocks"):
+        if c[field] < 1:
+            raise UserError(f"autoencoder.{field} must be positive, got {c[field]}")
+    if c.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+        raise UserError(
+            f"unknown autoencoder.reconstruction_loss {c.reconstruction_loss!r}; "
+            f"choose one of {list(RECONSTRUCTION_LOSSES)}"
+        )
+    if c.kl_weight < 0:
+        raise UserError(f"autoencoder.kl_weight must be >= 0, got {c.kl_weight}")
+    return Autoencoder(
+        channels=tuple(c.channels),
+        num_res_blocks=c.num_res_blocks,
+        latent_channels=c.latent_channels,
+        variational=c.variational,
+        image_shape=tuple(image_shape),
+        dtype=dtype or jnp.float32,
+    )
 
 
 PRECONDITIONINGS = ("none", "edm")

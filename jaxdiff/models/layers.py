@@ -47,18 +47,22 @@ class TimeEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """DDPM residual block: GN-swish-conv, + time projection, GN-swish-dropout-conv, + skip."""
+    """DDPM residual block: GN-swish-conv, + time projection, GN-swish-dropout-conv, + skip.
+
+    Without a time embedding (`temb=None`, as in the autoencoder) there is no projection.
+    """
 
     out_channels: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         in_channels = x.shape[-1]
         h = nn.swish(nn.GroupNorm(group_count(in_channels), dtype=self.dtype)(x))
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
-        h = h + nn.Dense(self.out_channels, dtype=self.dtype)(temb)[:, None, None, :]
+        if temb is not None:
+            h = h + nn.Dense(self.out_channels, dtype=self.dtype)(temb)[:, None, None, :]
         h = nn.swish(nn.GroupNorm(group_count(self.out_channels), dtype=self.dtype)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         # Zero-initialised last conv: each block starts as the identity, which

@@ -1,0 +1,16 @@
+"""Fashion-MNIST, latent diffusion: a VAE to 7x7x4 latents, then a residual U-Net on them.
+
+    python main.py --config=configs/fashion_mnist_latent.py --workdir=runs/fashion_mnist_latent
+    python main.py --config=configs/fashion_mnist_latent.py:cond --workdir=runs/fmnist_latent_cond
+"""
+
+from configs import default
+from configs.mnist_latent import set_latent
+
+
+def get_config(variant: str = "uncond"):
+    config = default.get_config()
+    config.data.dataset = "fashion_mnist"
+    set_latent(config, variant, autoencoder_channels=(32, 64, 64))
+    config.training.learning_rate = 5e-4
+    return config
