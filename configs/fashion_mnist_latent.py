@@ -11,6 +11,9 @@ from configs.mnist_latent import set_latent
 def get_config(variant: str = "uncond"):
     config = default.get_config()
     config.data.dataset = "fashion_mnist"
-    set_latent(config, variant, autoencoder_channels=(32, 64, 64))
+    set_latent(config, variant, autoencoder_channels=(16, 32, 64))
+    # Sized for a CPU: the full-resolution convolutions dominate the cost.
+    config.autoencoder.batch_size = 64
+    config.autoencoder.num_steps = 2000
     config.training.learning_rate = 5e-4
     return config

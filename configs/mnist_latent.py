@@ -13,7 +13,10 @@ from configs import default
 def get_config(variant: str = "uncond"):
     config = default.get_config()
     config.data.dataset = "mnist"
-    set_latent(config, variant, autoencoder_channels=(32, 64, 64))
+    set_latent(config, variant, autoencoder_channels=(16, 32, 64))
+    # Sized for a CPU: the full-resolution convolutions dominate the cost.
+    config.autoencoder.batch_size = 64
+    config.autoencoder.num_steps = 2000
     config.training.batch_size = 64
     config.training.num_steps = 4000
     config.training.learning_rate = 1e-3
