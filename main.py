@@ -40,7 +40,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        fail(e)
+        text = str(e)
+        if "Traceback" in text:  # An exception inside the config file: keep its last line.
+            text = f"{text.split('Traceback')[0].strip()} {text.strip().splitlines()[-1].strip()}"
+        fail(text)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         detail = str(e).replace("\\'", "").replace("\\n", ". ").strip("'\"")
         fail(f"bad --config override: {detail}")

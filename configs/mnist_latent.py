@@ -34,9 +34,10 @@ def set_latent(config, variant: str, autoencoder_channels):
     # Latents are encoded once, unflipped.
     config.data.random_flip = False
     # 7x7 or 8x8 latents: two levels (7 -> 4, 8 -> 4), attention at the 4x4 level.
+    # Small: the point of the latent space is a cheaper score model.
     config.model.name = "unet"
-    config.model.channels = (64, 128)
-    config.model.num_res_blocks = 2
+    config.model.channels = (32, 64)
+    config.model.num_res_blocks = 1
     config.model.attention_resolutions = (4,)
     # The latents are scaled to unit variance.
     config.model.sigma_data = 1.0

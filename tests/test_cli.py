@@ -140,6 +140,11 @@ def test_missing_config_file(workdir):
     assert_one_line_error(result, "configs/nope.py")
 
 
+def test_unknown_config_variant(workdir):
+    result = run_main(["--config=configs/mnist_latent.py:large", f"--workdir={workdir}"])
+    assert_one_line_error(result, "unknown variant 'large'", ":cond")
+
+
 def test_unknown_mode(workdir):
     result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=eval2"])
     assert_one_line_error(result, "train|sample")

@@ -160,3 +160,33 @@ def test_sample_mode_decodes_latent_samples(latent_run):
     # Decoded to pixels: the image shape, uint8, and not one flat colour.
     assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
     assert images.std() > 0
+
+
+@pytest.mark.parametrize("loss_name", ["l1", "mse"])
+def test_autoencoder_loss_terms(loss_name):
+    config = apply_overrides(mnist_latent.get_config(), tiny_latent_overrides())
+    config.autoencoder.reconstruction_loss = loss_name
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    key = jax.random.key(1)
+    # Plain autoencoder: the reconstruction error alone, through the posterior mean.
+    config.autoencoder.variational = False
+    experiment = create_experiment(config)
+    params = experiment.autoencoder.init(jax.random.key(2), x)["params"]
+    recon, _, log_var = experiment.autoencoder.apply({"params": params}, x, key)
+    assert log_var is None
+    error = np.asarray(recon) - np.asarray(x)
+    expected = np.mean(np.abs(error)) if loss_name == "l1" else np.mean(error**2)
+    loss = latent.autoencoder_loss(experiment.autoencoder, params, x, key, config)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # VAE: the KL term enters with its weight (same key, so the same posterior sample).
+    config.autoencoder.variational = True
+    experiment = create_experiment(config)
+    params = experiment.autoencoder.init(jax.random.key(2), x)["params"]
+    _, mean, log_var = experiment.autoencoder.apply({"params": params}, x, key)
+    losses = {}
+    for weight in (0.0, 0.5):
+        config.autoencoder.kl_weight = weight
+        losses[weight] = latent.autoencoder_loss(experiment.autoencoder, params, x, key, config)
+    np.testing.assert_allclose(
+        losses[0.5] - losses[0.0], 0.5 * np.mean(kl_divergence(mean, log_var)), rtol=1e-4
+    )
