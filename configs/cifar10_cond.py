@@ -12,13 +12,8 @@ CPU cores it trains at about 7 images/s.
 """
 
 from configs import cifar10
+from configs.mnist_cond import set_conditional
 
 
 def get_config():
-    config = cifar10.get_config()
-    config.model.conditional = True
-    config.model.num_heads = 4
-    config.training.weight_decay = 0.01
-    config.sampling.prompt = "all"
-    config.sampling.guidance_scale = 2.0
-    return config
+    return set_conditional(cifar10.get_config())

@@ -10,13 +10,8 @@ images/s, loss 117.4 at step 50 and 27.5 at step 300; in its guided class grid
 """
 
 from configs import fashion_mnist
+from configs.mnist_cond import set_conditional
 
 
 def get_config():
-    config = fashion_mnist.get_config()
-    config.model.conditional = True
-    config.model.num_heads = 4
-    config.training.weight_decay = 0.01
-    config.sampling.prompt = "all"
-    config.sampling.guidance_scale = 2.0
-    return config
+    return set_conditional(fashion_mnist.get_config())

@@ -17,12 +17,17 @@ from configs import mnist
 
 
 def get_config():
-    config = mnist.get_config()
-    config.model.conditional = True
+    config = set_conditional(mnist.get_config())
     # Spatial transformers after the 5x5 and 2x2 encoder levels and the 5x5 decoder level.
     config.model.attention_resolutions = (5, 2)
+    return config
+
+
+def set_conditional(config):
+    """The fields that make a config conditional (shared by every *_cond and :cond config)."""
+    config.model.conditional = True
     config.model.num_heads = 4
-    config.training.weight_decay = 0.01
+    config.training.weight_decay = 0.01  # AdamW's decoupled decay, on kernels only
     config.sampling.prompt = "all"
     config.sampling.guidance_scale = 2.0
     return config

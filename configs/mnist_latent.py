@@ -13,6 +13,7 @@ requested digits at guidance 2).
 """
 
 from configs import default
+from configs.mnist_cond import set_conditional
 
 
 def get_config(variant: str = "uncond"):
@@ -47,8 +48,4 @@ def set_latent(config, variant: str, autoencoder_channels):
     # The latents are scaled to unit variance.
     config.model.sigma_data = 1.0
     if variant == "cond":
-        config.model.conditional = True
-        config.model.num_heads = 4
-        config.training.weight_decay = 0.01
-        config.sampling.prompt = "all"
-        config.sampling.guidance_scale = 2.0
+        set_conditional(config)
