@@ -184,6 +184,6 @@ def row_names(labels: list[int], dataset: str) -> list[str]:
     return [CLASS_NAMES[dataset][label] for label in labels]
 
 
-def sample_labels(labels: list[int], per_class: int) -> np.ndarray:
+def repeat_labels(labels: list[int], per_class: int) -> np.ndarray:
     """Each class id repeated `per_class` times: the label of every sample, row by row."""
     return np.repeat(np.asarray(labels, np.int32), per_class)

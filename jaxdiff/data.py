@@ -127,11 +127,11 @@ def draw_batch(
     labels = jax.lax.with_sharding_constraint(dataset.labels[index], sharding)
     if dataset.images.dtype != jnp.uint8:
         return x, labels
-    x = x.astype(jnp.float32) / 255.0
+    x = to_model_range(x, centered)
     if random_flip:
         flip = jax.random.bernoulli(flip_key, 0.5, (batch_size, 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
-    return (2.0 * x - 1.0 if centered else x), labels
+    return x, labels
 
 
 def to_model_range(images: jax.Array, centered: bool) -> jax.Array:

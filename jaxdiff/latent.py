@@ -89,31 +89,26 @@ def _map_in_chunks(fn, images: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs)
 
 
+def _encode(experiment: Experiment, params: Any, images: jax.Array) -> jax.Array:
+    """uint8 images -> posterior means; call inside jit."""
+    x = data.to_model_range(images, experiment.config.data.centered)
+    mean, _ = experiment.autoencoder.apply({"params": params}, x, method="encode")
+    return mean
+
+
 def encode_images(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 latents (posterior means), unscaled."""
-    centered = experiment.config.data.centered
-
-    @jax.jit
-    def encode(x):
-        mean, _ = experiment.autoencoder.apply(
-            {"params": params}, data.to_model_range(x, centered), method="encode"
-        )
-        return mean
-
-    return _map_in_chunks(encode, images)
+    return _map_in_chunks(jax.jit(lambda x: _encode(experiment, params, x)), images)
 
 
 def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> uint8 reconstructions through the posterior means."""
-    centered = experiment.config.data.centered
-    autoencoder = experiment.autoencoder
 
     @jax.jit
     def round_trip(x):
-        mean, _ = autoencoder.apply(
-            {"params": params}, data.to_model_range(x, centered), method="encode"
-        )
-        return data.to_uint8(autoencoder.apply({"params": params}, mean, method="decode"), centered)
+        latents = _encode(experiment, params, x)
+        decoded = experiment.autoencoder.apply({"params": params}, latents, method="decode")
+        return data.to_uint8(decoded, experiment.config.data.centered)
 
     return _map_in_chunks(round_trip, images)
 

@@ -31,7 +31,7 @@ def sample_labels(experiment: Experiment) -> np.ndarray | None:
         return None
     s = experiment.config.sampling
     if experiment.prompt_labels:
-        return conditioning.sample_labels(list(experiment.prompt_labels), s.samples_per_class)
+        return conditioning.repeat_labels(list(experiment.prompt_labels), s.samples_per_class)
     return np.full(s.num_samples, experiment.num_classes, np.int32)
 
 
