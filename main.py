@@ -4,6 +4,7 @@
     python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
 
 Any config field can be overridden: --config.training.batch_size=256.
+SIGTERM or Ctrl-C stops training after a checkpoint (exit 0); the same command resumes.
 """
 
 import logging
@@ -18,6 +19,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir even though the config differs from its config.json where it matters.",
+)
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
@@ -63,6 +69,7 @@ def main(argv: list[str]) -> None:
 
     from jaxdiff import parallel
     from jaxdiff.errors import UserError
+    from jaxdiff.preemption import Preempted
 
     try:
         parallel.initialize_distributed(
@@ -71,13 +78,17 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             from jaxdiff.train import train_and_evaluate
 
-            train_and_evaluate(config, FLAGS.workdir)
+            train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_config_change)
         else:
             from jaxdiff.sample import sample
 
             sample(config, FLAGS.workdir)
     except (UserError, FloatingPointError) as e:
         fail(e)
+    except Preempted as e:  # Asked to stop, and stopped cleanly: not a failure.
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

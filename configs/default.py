@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     autoencoder.weight_decay = 0.0
     autoencoder.grad_clip = 1.0
     autoencoder.ema_decay = 0.999
+    # A NaN/Inf loss or gradient: "stop" (keep the last good checkpoint) or "skip" the step.
+    autoencoder.on_nonfinite = "stop"
     autoencoder.steps_per_call = 0
     autoencoder.log_every = 100
     autoencoder.checkpoint_every = 1000
@@ -124,6 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_clip = 1.0
     # Decay of the EMA of the parameters used for sampling (warmed up as min(decay, (1+n)/(10+n))).
     training.ema_decay = 0.999
+    # A NaN/Inf loss or gradient: "stop" with an error naming the step (the last good
+    # checkpoint is kept), or "skip" such steps (not applied; counted in the metrics).
+    training.on_nonfinite = "stop"
     # conditional only: probability that a training label is replaced by the null token.
     training.cond_drop_prob = 0.1
     # Smallest diffusion time in the loss, t ~ U(eps, 1).

@@ -71,6 +71,8 @@ def _check_optimization(group: ml_collections.ConfigDict, name: str, batch_devic
                 f"{name}.{field}={group[field]} must be a multiple of "
                 f"{name}.steps_per_call={group.steps_per_call}"
             )
+    if group.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"{name}.on_nonfinite must be 'stop' or 'skip', got {group.on_nonfinite!r}")
     if not 0.0 <= group.ema_decay < 1.0:
         raise UserError(f"{name}.ema_decay must be in [0, 1), got {group.ema_decay}")
     if group.batch_size % batch_devices:

@@ -74,7 +74,8 @@ def autoencoder_step(
     loss, grads = jax.value_and_grad(
         lambda params: autoencoder_loss(autoencoder, params, x, noise_key, config)
     )(state.params)
-    new_state = apply_update(state, grads, tx, config.autoencoder.ema_decay)
+    c = config.autoencoder
+    new_state = apply_update(state, grads, tx, c.ema_decay, c.on_nonfinite == "skip")
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
@@ -179,14 +180,12 @@ def train_autoencoder(
     checkpointer = Checkpointer(directory, keep=c.keep_checkpoints)
     abstract = _abstract_autoencoder_state(experiment, tx)
     try:
-        latest = checkpointer.latest_step()
-        if latest is not None and latest >= c.num_steps:
-            state = checkpointer.restore(abstract)
-            logger.info("Stage 1 (autoencoder) is complete at step %d: skipped", latest)
-            return state.ema_params
-        if latest is not None:
-            state = checkpointer.restore(abstract)
-            logger.info("Stage 1 (autoencoder): resumed from step %d", latest)
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(abstract, set_aside=True)
+            if int(state.step) >= c.num_steps:
+                logger.info("Stage 1 (autoencoder) is complete at step %d: skipped", state.step)
+                return state.ema_params
+            logger.info("Stage 1 (autoencoder): resumed from step %d", state.step)
         else:
             root_key = jax.random.key(config.seed)
             state = jax.jit(
@@ -202,7 +201,7 @@ def train_autoencoder(
             config=config,
             batch_sharding=parallel.batch_sharded(experiment.mesh),
         )
-        metrics_log = MetricsLog(directory, enabled=is_main)
+        metrics_log = MetricsLog(directory, enabled=is_main, resume_step=int(state.step))
         try:
             state = run_training(
                 name="autoencoder",
@@ -213,6 +212,7 @@ def train_autoencoder(
                 group=c,
                 checkpointer=checkpointer,
                 metrics_log=metrics_log,
+                group_name="autoencoder",
             )
             _evaluate(experiment, state, directory, metrics_log, is_main)
         finally:

@@ -60,3 +60,11 @@ def to_host(x: jax.Array) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def any_process(value: str | None) -> str | None:
+    """Agreement on a flag: `value`, or a stand-in if only another process has one (a host sync)."""
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(value is not None))
+    return value or ("a stop signal on another process" if np.any(flags) else None)

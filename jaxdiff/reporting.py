@@ -17,13 +17,16 @@ class MetricsLog:
     installed; `metrics.jsonl` is always written (plots and benchmarks read it).
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self._file = None
         self._summary = None
         if not enabled:
             return
-        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None:
+            _drop_records_after(path, resume_step)
+        self._file = open(path, "a")  # noqa: SIM115
         if importlib.util.find_spec("tensorflow") is not None:
             from clu import metric_writers
 
@@ -49,3 +52,26 @@ class MetricsLog:
             self._file.close()
         if self._summary is not None:
             self._summary.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrites `path` (atomically) without records past `step` or torn lines.
+
+    A run killed after logging step n but before checkpointing it resumes from
+    an earlier step and logs n again; the file keeps one record per step.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    if kept != lines:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)

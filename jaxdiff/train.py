@@ -1,19 +1,19 @@
 """Training: `train_and_evaluate(config, workdir)` and the pure step it is built from."""
 
+import contextlib
 import functools
-import json
 import logging
 import os
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import optax
 
-from jaxdiff import conditioning, data, latent, parallel, sample
+from jaxdiff import conditioning, data, latent, parallel, preemption, sample
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.errors import UserError
-from jaxdiff.experiment import create_experiment
+from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.loop import TrainCall, apply_update, compile_train_call, run_training
 from jaxdiff.losses import dsm_loss
 from jaxdiff.models import count_params, make_score_fn
@@ -25,6 +25,7 @@ from jaxdiff.state import (
     create_optimizer,
     create_train_state,
 )
+from jaxdiff.workdir import WorkdirLock, check_config, prepare_workdir, write_config
 
 logger = logging.getLogger("jaxdiff")
 
@@ -82,7 +83,8 @@ def train_step(
         return dsm_loss(score_fn, sde, x0, loss_key, config.training.eps)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return apply_update(state, grads, tx, config.training.ema_decay), {
+    t = config.training
+    return apply_update(state, grads, tx, t.ema_decay, t.on_nonfinite == "skip"), {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
     }
@@ -108,25 +110,9 @@ def make_train_call(
     return compile_train_call(step_fn, config.training.steps_per_call, mesh, python_loop)
 
 
-def prepare_workdir(workdir: str) -> None:
-    """Creates the workdir, or fails with one line if it cannot be written."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from None
-    if not os.access(workdir, os.W_OK):
-        raise UserError(f"workdir {workdir} is not writable")
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config as `workdir/config.json` (atomically)."""
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> TrainState:
     """Trains the score model, resuming from the newest checkpoint in `workdir`.
 
     Writes `config.json`, `metrics.jsonl`, `checkpoints/` and, at each checkpoint,
@@ -135,22 +121,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     in `workdir/autoencoder/` (skipped when complete) and the score model learns
     its scaled latents.
 
+    The workdir is locked for the run (a second run on it fails at once), and a
+    run that would resume with a config that changes what is learned fails
+    unless `allow_config_change`. SIGTERM/SIGINT stop it after the current
+    compiled call with a checkpoint (`preemption.Preempted` is raised);
+    running it again resumes.
+
     Returns:
       The final train state of the score model.
     """
     experiment = create_experiment(config)
     config = experiment.config  # With automatic values resolved.
-    t = config.training
     images, labels = data.load_split(
         config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download
     )
     workdir = os.path.abspath(workdir)
     prepare_workdir(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        write_config(config, workdir)
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    check_config(config, workdir, allow_config_change)
+    # Only process 0 locks: the other processes of a multi-host job share the workdir.
+    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        if is_main:
+            write_config(config, workdir)
+            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        with preemption.stop_signals_caught():
+            return _train(experiment, workdir, images, labels)
 
+
+def _train(
+    experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
+) -> TrainState:
+    """The body of `train_and_evaluate`, once the workdir is locked and checked."""
+    config = experiment.config
+    t = config.training
+    is_main = jax.process_index() == 0
     root_key = jax.random.key(config.seed)
     train_key, init_key = jax.random.fold_in(root_key, 0), jax.random.fold_in(root_key, 1)
     autoencoder_params, latent_scale = None, None
@@ -164,37 +168,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     tx = create_optimizer(t)
     checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints)
-    abstract_state = abstract_train_state(experiment, tx)
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(abstract_state)
-        logger.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
-    else:
-        state = jax.jit(
-            lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
-            out_shardings=jax.tree.map(lambda s: s.sharding, abstract_state),
-        )(init_key)
-    logger.info(
-        "%s: %s with %s parameters, %d training %s of shape %s, %d device(s)",
-        config.data.dataset,
-        config.model.name,
-        f"{count_params(state.params):,}",
-        dataset.num_examples,
-        "latents" if latent_scale else "images",
-        experiment.data_shape,
-        experiment.mesh.size,
-    )
-
-    train_call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-    draw_samples = sample.make_sample_fn(experiment, latent_scale)
-    metrics_log = MetricsLog(workdir, enabled=is_main)
-
-    def on_checkpoint(step, state):
-        if t.sample_at_checkpoints:
-            samples = draw_samples(state.ema_params, autoencoder_params)
-            grid = sample.save_grid(samples, experiment, workdir, step, is_main)
-            metrics_log.write_image(step, "samples", grid)
-
+    metrics_log = None
     try:
+        abstract_state = abstract_train_state(experiment, tx)
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(abstract_state, set_aside=True)
+            logger.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
+        else:
+            state = jax.jit(
+                lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
+                out_shardings=jax.tree.map(lambda s: s.sharding, abstract_state),
+            )(init_key)
+        logger.info(
+            "%s: %s with %s parameters, %d training %s of shape %s, %d device(s)",
+            config.data.dataset,
+            config.model.name,
+            f"{count_params(state.params):,}",
+            dataset.num_examples,
+            "latents" if latent_scale else "images",
+            experiment.data_shape,
+            experiment.mesh.size,
+        )
+
+        train_call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
+        draw_samples = sample.make_sample_fn(experiment, latent_scale)
+        # Records past the checkpoint (logged by a run that was then killed) are dropped.
+        metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=int(state.step))
+
+        def on_checkpoint(step, state):
+            if t.sample_at_checkpoints:
+                samples = draw_samples(state.ema_params, autoencoder_params)
+                grid = sample.save_grid(samples, experiment, workdir, step, is_main)
+                metrics_log.write_image(step, "samples", grid)
+
         state = run_training(
             name="score model",
             state=state,
@@ -207,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             on_checkpoint=on_checkpoint,
         )
     finally:
-        # Also on errors: checkpoint saves in flight complete, metrics are flushed.
+        # Also on errors and stops: checkpoint saves in flight complete, metrics are flushed.
         checkpointer.close()
-        metrics_log.close()
+        if metrics_log is not None:
+            metrics_log.close()
     return state

@@ -13,6 +13,17 @@ if "TFDS_DATA_DIR" not in os.environ and SHARED_TFDS.is_dir():
     os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for the session: tests that build the same programs
+    (the tiny configs recur across modules) compile them once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def tiny_overrides() -> dict[str, object]:
     """Config overrides that make a real MNIST run take seconds on a CPU."""
     return {

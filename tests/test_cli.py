@@ -64,6 +64,12 @@ CASES = {
         ["batch_size=12", "8 devices"],
     ),
     "negative steps": (["--config.training.num_steps=-5"], {}, ["num_steps", ">= 0"]),
+    "zero batch size": (["--config.training.batch_size=0"], {}, ["batch_size", "positive"]),
+    "unknown non-finite policy": (
+        ["--config.training.on_nonfinite=ignore"],
+        {},
+        ["training.on_nonfinite", "'stop' or 'skip'", "'ignore'"],
+    ),
     "unknown config field": (["--config.training.batchsize=3"], {}, ["batch_size"]),
     "prompt for an unconditional model": (
         ["--config.sampling.prompt=3"],

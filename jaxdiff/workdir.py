@@ -1,0 +1,154 @@
+"""Workdir guards: creation, a lock that keeps two runs apart, the config it was made with.
+
+A training run holds `workdir/.lock` (an advisory `flock`, released by the
+kernel when the process dies, so a killed run leaves no stale lock) and
+refuses to resume with a config that would change what is learned.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import ml_collections
+
+from jaxdiff.errors import UserError
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+
+# Fields a resumed run may change freely: they decide how often the run logs,
+# saves or draws samples, where the data is read from, or how steps are batched
+# into compiled calls, but not what the model learns.
+SAFE_TO_CHANGE = (
+    "data.data_dir",
+    "data.download",
+    "sampling.",
+    "training.log_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.sample_at_checkpoints",
+    "training.steps_per_call",
+    "training.on_nonfinite",
+    "autoencoder.log_every",
+    "autoencoder.checkpoint_every",
+    "autoencoder.keep_checkpoints",
+    "autoencoder.steps_per_call",
+)
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates the workdir, or fails with one line if it cannot be written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from None
+    if not os.access(workdir, os.W_OK):
+        raise UserError(f"workdir {workdir} is not writable")
+
+
+def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON values, exactly as `config.json` stores it."""
+    return json.loads(config.to_json_best_effort())
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the resolved config as `workdir/config.json` (atomically)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(config_as_dict(config), f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, Any, Any]]:
+    """(field, value in the workdir's config.json, value now) for each field that matters.
+
+    Empty for a workdir without `config.json` (a new run) and for changes to
+    the fields of `SAFE_TO_CHANGE`. `training.num_steps` counts as a change
+    unless the learning-rate schedule is constant, because the cosine decay
+    is stretched over it.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            before = _flatten(json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    now = _flatten(config_as_dict(config))
+    changes = []
+    for field in sorted(before.keys() | now.keys()):
+        old, new = before.get(field, "<absent>"), now.get(field, "<absent>")
+        if old == new or field.startswith(SAFE_TO_CHANGE):
+            continue
+        group = field.split(".")[0]
+        if field.endswith(".num_steps") and now.get(f"{group}.schedule") == "constant":
+            continue
+        changes.append((field, old, new))
+    return changes
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
+    """Refuses to resume a workdir whose config.json differs from `config` where it matters.
+
+    Raises:
+      UserError: naming every changed field, unless `allow_change`.
+    """
+    changes = config_changes(config, workdir)
+    if changes and not allow_change:
+        listed = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
+        raise UserError(
+            f"the config differs from the one {workdir} was trained with ({listed}); "
+            "use another --workdir, or pass --allow_config_change to resume with the new config"
+        )
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir, held for the lifetime of a training run.
+
+    Use as a context manager. A second run on the same workdir fails at once
+    with the holder's pid and host. The file is never deleted (deleting a lock
+    file races with a run that is opening it); the lock is the `flock` on it.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._file = None
+
+    def __enter__(self) -> "WorkdirLock":
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(
+                f"workdir {os.path.dirname(self.path)} is in use by a running job ({holder}); "
+                f"wait for it to finish or stop it (lock: {self.path})"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
