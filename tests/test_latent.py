@@ -130,9 +130,10 @@ def test_stage_one_is_skipped_and_stage_two_resumes(latent_run, tmp_path):
     # Stage 1 was neither retrained nor re-evaluated.
     assert snapshot(tmp_path / "autoencoder" / "checkpoints") == stage1_before
     assert (tmp_path / "autoencoder" / "metrics.jsonl").read_text() == stage1_metrics
-    # Stage 2 went on from step 2 and ended where the uninterrupted run did.
+    # Stage 2 went on from step 2 and ended where the uninterrupted run did; the
+    # copied record of step 4 (past the surviving checkpoint) was replaced, not repeated.
     score_metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in score_metrics] == [2, 4, 4]
+    assert [json.loads(line)["step"] for line in score_metrics] == [2, 4]
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
