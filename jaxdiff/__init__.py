@@ -20,12 +20,13 @@ _LAZY = {
     "Pipeline": "jaxdiff.pipeline",
     "read_config": "jaxdiff.pipeline",
     "image_grid": "jaxdiff.visualize",
+    "save_png": "jaxdiff.visualize",
     "save_images": "jaxdiff.sample",
     "write_progress": "jaxdiff.visualize",
 }
 
 __all__ = ["Pipeline", "UserError", "image_grid", "load", "read_config", "save_images", "train"]
-__all__ += ["write_progress"]
+__all__ += ["save_png", "write_progress"]
 
 
 def __getattr__(name: str):
