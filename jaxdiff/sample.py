@@ -61,7 +61,9 @@ def make_sample_fn(
     sharding = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
     default_key = sample_key(config.seed)
 
-    def draw(params, autoencoder_params, key):
+    def draw(params, autoencoder_params, key_data):
+        key = jax.random.wrap_key_data(key_data)
+
         def score_given_labels(x, t, y):
             return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(
                 x, t
@@ -86,7 +88,9 @@ def make_sample_fn(
     jitted = jax.jit(draw, out_shardings=sharding)
 
     def sample_fn(params, autoencoder_params=None, key=None):
-        return jitted(params, autoencoder_params, default_key if key is None else key)
+        # As host data: every process of a multi-host run passes the same value.
+        key_data = np.asarray(jax.random.key_data(default_key if key is None else key))
+        return jitted(params, autoencoder_params, key_data)
 
     return sample_fn
 
