@@ -1,6 +1,10 @@
-"""Trains a small MNIST model for about a minute on a CPU, then samples from it in Python.
+"""Trains MNIST for 200 steps (a minute or two on a CPU), then samples from it in Python.
 
     python examples/quickstart.py --workdir=runs/example
+
+Measured on 2 shared CPU cores: 1 min 38 s in all (93 s of training at about
+205 images/s, 4 s of sampling); after 200 steps the samples are blurry
+strokes, not yet digits.
 
 Writes the run to the workdir (checkpoints, sample grids, progress.gif) and
 16 samples drawn through the Python API to `<workdir>/quickstart_samples.png`.
@@ -31,7 +35,7 @@ SMOKE = {
 
 
 def make_config(smoke: bool):
-    """configs/mnist.py, cut to about a minute of training on 2 CPU cores."""
+    """configs/mnist.py, cut to 200 steps: about a minute and a half on 2 CPU cores."""
     config = get_config("mnist")
     config.training.num_steps = 200
     config.training.warmup_steps = 50
