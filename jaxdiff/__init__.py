@@ -25,8 +25,17 @@ _LAZY = {
     "write_progress": "jaxdiff.visualize",
 }
 
-__all__ = ["Pipeline", "UserError", "image_grid", "load", "read_config", "save_images", "train"]
-__all__ += ["save_png", "write_progress"]
+__all__ = [
+    "Pipeline",
+    "UserError",
+    "image_grid",
+    "load",
+    "read_config",
+    "save_images",
+    "save_png",
+    "train",
+    "write_progress",
+]
 
 
 def __getattr__(name: str):

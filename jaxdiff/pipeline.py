@@ -90,8 +90,9 @@ class Pipeline:
     params: Any
     autoencoder_params: Any = None
     latent_scale: float | None = None
+    # Compiled once per pipeline: sampling functions by sampling settings, the score.
     _sample_fns: dict = dataclasses.field(default_factory=dict, repr=False)
-    _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+    _score_fn: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -212,14 +213,14 @@ class Pipeline:
         if num_classes:
             labels = np.full(len(x), num_classes) if labels is None else labels
             labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), x.shape[:1])
-        if "score" not in self._jitted:
+        if self._score_fn is None:
             experiment = self.experiment
-            self._jitted["score"] = jax.jit(
+            self._score_fn = jax.jit(
                 lambda params, x, t, labels: make_score_fn(
                     experiment.model, params, experiment.sde, experiment.config.model, labels=labels
                 )(x, t)
             )
-        return np.asarray(self._jitted["score"](self.params, x, t, labels))
+        return np.asarray(self._score_fn(self.params, x, t, labels))
 
     def _require_autoencoder(self, method: str) -> None:
         if self.autoencoder is None:
