@@ -222,8 +222,8 @@ class _CallableModule(types.ModuleType):
     binds the name to the module. Making the module callable keeps both.
     """
 
-    def __call__(self, config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-        return train_and_evaluate(config, workdir)
+    def __call__(self, config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainState:
+        return train_and_evaluate(config, workdir, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
