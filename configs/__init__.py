@@ -1,0 +1,48 @@
+"""The config files, also reachable by name from Python.
+
+from configs import get_config
+config = get_config("mnist_cond")            # configs/mnist_cond.py
+config = get_config("mnist_latent:cond")     # as --config=configs/mnist_latent.py:cond
+config.training.num_steps = 1000             # any field can be overridden
+"""
+
+import importlib
+
+import ml_collections
+
+# Every config file, by name; those with a variant take ":<variant>" after the name.
+NAMES = (
+    "mnist",
+    "mnist_cond",
+    "mnist_latent",
+    "fashion_mnist",
+    "fashion_mnist_cond",
+    "fashion_mnist_latent",
+    "cifar10",
+    "cifar10_cond",
+    "cifar10_latent",
+)
+VARIANTS = {
+    "mnist_latent": ("cond",),
+    "fashion_mnist_latent": ("cond",),
+    "cifar10_latent": ("cond",),
+}
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """The config of `configs/<name>.py`, optionally with a variant: "mnist_latent:cond".
+
+    "configs/mnist.py" (the command line's spelling) works too.
+
+    Raises:
+      jaxdiff.errors.UserError: an unknown name or variant, listing the valid ones.
+    """
+    from jaxdiff.errors import UserError
+
+    module_name, _, variant = name.partition(":")
+    module_name = module_name.removeprefix("configs/").removesuffix(".py")
+    valid = ", ".join([*NAMES, *(f"{n}:{v}" for n, vs in VARIANTS.items() for v in vs)])
+    if module_name not in NAMES or (variant and variant not in VARIANTS.get(module_name, ())):
+        raise UserError(f"unknown config {name!r}; choose one of {valid}")
+    module = importlib.import_module(f"configs.{module_name}")
+    return module.get_config(variant) if variant else module.get_config()

@@ -169,4 +169,7 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.corrector_steps = 1
     # pc only: signal-to-noise ratio that sets the Langevin step size.
     sampling.snr = 0.16
+    # --mode=sample also writes each image as its own PNG, in a folder named like
+    # the grid (samples/<stem>/00000.png, ...), e.g. for external FID tools.
+    sampling.save_individual = False
     return config

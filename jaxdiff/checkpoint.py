@@ -41,6 +41,10 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any) -> None:
         """Writes `state` as checkpoint `step` (no-op if that step exists)."""
         if step not in self._manager.all_steps():

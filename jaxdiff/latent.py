@@ -97,6 +97,12 @@ def _encode(experiment: Experiment, params: Any, images: jax.Array) -> jax.Array
     return mean
 
 
+def decode(experiment: Experiment, params: Any, latents: jax.Array) -> jax.Array:
+    """Unscaled latents -> uint8 images; call inside jit."""
+    decoded = experiment.autoencoder.apply({"params": params}, latents, method="decode")
+    return data.to_uint8(decoded, experiment.config.data.centered)
+
+
 def encode_images(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 latents (posterior means), unscaled."""
     return _map_in_chunks(jax.jit(lambda x: _encode(experiment, params, x)), images)
@@ -107,11 +113,14 @@ def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.n
 
     @jax.jit
     def round_trip(x):
-        latents = _encode(experiment, params, x)
-        decoded = experiment.autoencoder.apply({"params": params}, latents, method="decode")
-        return data.to_uint8(decoded, experiment.config.data.centered)
+        return decode(experiment, params, _encode(experiment, params, x))
 
     return _map_in_chunks(round_trip, images)
+
+
+def decode_latents(experiment: Experiment, params: Any, latents: np.ndarray) -> np.ndarray:
+    """Unscaled float latents -> uint8 images."""
+    return _map_in_chunks(jax.jit(lambda z: decode(experiment, params, z)), latents)
 
 
 def reconstruction_metrics(images: np.ndarray, reconstructions: np.ndarray) -> dict[str, float]:

@@ -3,7 +3,6 @@
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +10,9 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import conditioning, data, latent, parallel, samplers
-from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.experiment import Experiment, create_experiment
+from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
-from jaxdiff.state import abstract_train_state, create_optimizer
-from jaxdiff.visualize import image_grid, labeled_grid, save_png
+from jaxdiff.visualize import image_grid, labeled_grid, save_png, write_progress
 
 logger = logging.getLogger("jaxdiff")
 
@@ -35,18 +32,25 @@ def sample_labels(experiment: Experiment) -> np.ndarray | None:
     return np.full(s.num_samples, experiment.num_classes, np.int32)
 
 
+def sample_key(seed: int) -> jax.Array:
+    """The sampler's noise for a seed; grids from successive checkpoints share it."""
+    return jax.random.fold_in(jax.random.key(seed), 2)
+
+
 def make_sample_fn(
     experiment: Experiment, latent_scale: float | None = None
-) -> Callable[[Any, Any], jax.Array]:
-    """Jits (params, autoencoder_params) -> (N, H, W, C) uint8 samples.
+) -> Callable[..., jax.Array]:
+    """Jits (params, autoencoder_params=None, key=None) -> (N, H, W, C) uint8 samples.
 
     N is `sampling.num_samples`, or classes x `samples_per_class` with a
     prompt, in which case the conditional score is guided by
     `sampling.guidance_scale`. For latent diffusion the sampled latents are
     divided by `latent_scale` and decoded with `autoencoder_params`; in pixel
-    space that argument is None. The key is fixed by `config.seed`, so grids
-    from successive checkpoints share their noise and show how the model
-    improved. Samples are split over the devices when their number allows it.
+    space that argument is None. The key defaults to `sample_key(config.seed)`,
+    so grids from successive checkpoints share their noise and show how the
+    model improved; it is an argument of the compiled function, so another
+    seed does not recompile. Samples are split over the devices when their
+    number allows it.
     """
     config = experiment.config
     sampler = samplers.create_sampler(config.sampling)
@@ -55,9 +59,11 @@ def make_sample_fn(
     guidance_scale = config.sampling.guidance_scale if experiment.prompt_labels else 0.0
     mesh = experiment.mesh
     sharding = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
-    key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    default_key = sample_key(config.seed)
 
-    def sample_fn(params, autoencoder_params=None):
+    def draw(params, autoencoder_params, key_data):
+        key = jax.random.wrap_key_data(key_data)
+
         def score_given_labels(x, t, y):
             return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(
                 x, t
@@ -76,12 +82,17 @@ def make_sample_fn(
 
         x = sampler(key, sharded_score_fn, experiment.sde, (num, *experiment.data_shape))
         if experiment.autoencoder is not None:
-            x = experiment.autoencoder.apply(
-                {"params": autoencoder_params}, x / latent_scale, method="decode"
-            )
+            return latent.decode(experiment, autoencoder_params, x / latent_scale)
         return data.to_uint8(x, config.data.centered)
 
-    return jax.jit(sample_fn, out_shardings=sharding)
+    jitted = jax.jit(draw, out_shardings=sharding)
+
+    def sample_fn(params, autoencoder_params=None, key=None):
+        # As host data: every process of a multi-host run passes the same value.
+        key_data = np.asarray(jax.random.key_data(default_key if key is None else key))
+        return jitted(params, autoencoder_params, key_data)
+
+    return sample_fn
 
 
 def grid_image(images: np.ndarray, experiment: Experiment) -> np.ndarray:
@@ -97,10 +108,16 @@ def grid_image(images: np.ndarray, experiment: Experiment) -> np.ndarray:
 def save_grid(
     samples: jax.Array, experiment: Experiment, workdir: str, step: int, is_main: bool = True
 ) -> np.ndarray:
-    """Writes `workdir/samples/step_<step>.png` and returns the grid image."""
+    """Writes `workdir/samples/step_<step>.png`, updates the progress montage and GIF.
+
+    Returns:
+      The grid image.
+    """
     grid = grid_image(parallel.to_host(samples), experiment)
     if is_main:
-        save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+        directory = os.path.join(workdir, "samples")
+        save_png(os.path.join(directory, f"step_{step:07d}.png"), grid)
+        write_progress(directory)
     return grid
 
 
@@ -122,54 +139,33 @@ def _file_stem(experiment: Experiment, step: int) -> str:
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=sample`: draws samples with the latest checkpoint's EMA parameters.
 
-    Writes `samples/<stem>.png` (a grid; for a prompt, one labelled row per
+    A thin layer over `jaxdiff.load(workdir, config=config).sample()` that
+    writes `samples/<stem>.png` (a grid; for a prompt, one labelled row per
     class) and `<stem>.npz` (`images` uint8 NHWC, `labels` (-1: unconditional),
     `class_names`, `step`, `sampler`, `num_steps`, `guidance_scale`, `prompt`)
-    into the workdir. The stem is `sample_<step>_<sampler>`, with
+    into the workdir; with `sampling.save_individual`, also each image as
+    `<stem>/<index>.png`. The stem is `sample_<step>_<sampler>`, with
     `_w<guidance>_<classes>` (or `_uncond`) added for a conditional model.
 
     Returns:
       The path of the .npz file.
     """
-    experiment = create_experiment(config)
-    config = experiment.config
-    workdir = os.path.abspath(workdir)
-    checkpointer = Checkpointer(workdir, create=False)
-    try:
-        state = checkpointer.restore(
-            abstract_train_state(experiment, create_optimizer(config.training))
-        )
-    finally:
-        checkpointer.close()
-    step = int(state.step)
-    labels = sample_labels(experiment)
-    logger.info(
-        "Sampling %d images at step %d with %s (%d NFE each%s)",
-        config.sampling.num_samples if labels is None else len(labels),
-        step,
-        config.sampling.sampler,
-        samplers.num_function_evals(config.sampling),
-        f", guidance scale {config.sampling.guidance_scale:g}" if experiment.prompt_labels else "",
-    )
-    autoencoder_params, scale = None, None
-    if experiment.autoencoder is not None:
-        autoencoder_params, scale = latent.load_autoencoder(experiment, workdir)
-    images = parallel.to_host(
-        make_sample_fn(experiment, scale)(state.ema_params, autoencoder_params)
-    )
-    stem = os.path.join(workdir, "samples", _file_stem(experiment, step))
+    from jaxdiff.pipeline import load  # The pipeline builds on this module.
+
+    pipeline = load(workdir, config=config)
+    experiment, config = pipeline.experiment, pipeline.config
+    images, labels = pipeline.sample()
+    stem = os.path.join(pipeline.workdir, "samples", _file_stem(experiment, pipeline.step))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         save_png(stem + ".png", grid_image(images, experiment))
-        if labels is None or not experiment.prompt_labels:
-            labels = np.full(len(images), -1, np.int32)
         with open(stem + ".npz.tmp", "wb") as f:
             np.savez(
                 f,
                 images=images,
                 labels=labels,
                 class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
-                step=step,
+                step=pipeline.step,
                 sampler=config.sampling.sampler,
                 num_steps=config.sampling.num_steps,
                 guidance_scale=config.sampling.guidance_scale,
@@ -177,4 +173,16 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
             )
         os.replace(stem + ".npz.tmp", stem + ".npz")
         logger.info("Wrote %s.png and %s.npz", stem, stem)
+        if config.sampling.save_individual:
+            save_images(images, stem)
+            logger.info("Wrote %d images to %s/", len(images), stem)
     return stem + ".npz"
+
+
+def save_images(images: np.ndarray, directory: str) -> list[str]:
+    """Writes each uint8 image as `directory/<index>.png` (00000.png, ...); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, f"{i:05d}.png") for i in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        save_png(path, image)
+    return paths

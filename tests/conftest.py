@@ -55,3 +55,55 @@ def tiny_config():
     from configs import mnist
 
     return apply_overrides(mnist.get_config(), tiny_overrides())
+
+
+def tiny_cond_overrides() -> dict[str, object]:
+    """`tiny_overrides` plus what a shrunken conditional config needs."""
+    return {
+        **tiny_overrides(),
+        "model.num_heads": 2,
+        "model.context_dim": 16,
+        "sampling.samples_per_class": 2,
+    }
+
+
+def tiny_latent_overrides() -> dict[str, object]:
+    """`tiny_overrides` plus a small, briefly trained autoencoder."""
+    return {
+        **tiny_overrides(),
+        "autoencoder.channels": (8, 16, 16),
+        "autoencoder.num_steps": 4,
+        "autoencoder.batch_size": 16,
+        "autoencoder.log_every": 2,
+        "autoencoder.checkpoint_every": 2,
+        "autoencoder.eval_split": "test[:100]",
+        "model.channels": (16, 16),
+    }
+
+
+def _train_tiny(tmp_path_factory, name, overrides):
+    from configs import get_config
+    from jaxdiff.train import train_and_evaluate
+
+    config = apply_overrides(get_config(name), overrides)
+    workdir = tmp_path_factory.mktemp(name.replace(":", "_"))
+    state = train_and_evaluate(config, str(workdir))
+    return config, workdir, state
+
+
+# Trained once per test session and shared: (config, workdir, final state), with
+# checkpoints at steps 2 and 4. Tests may add samples but must not change the
+# checkpoints.
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return _train_tiny(tmp_path_factory, "mnist", tiny_overrides())
+
+
+@pytest.fixture(scope="session")
+def tiny_cond_run(tmp_path_factory):
+    return _train_tiny(tmp_path_factory, "mnist_cond", tiny_cond_overrides())
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_run(tmp_path_factory):
+    return _train_tiny(tmp_path_factory, "mnist_latent", tiny_latent_overrides())

@@ -16,21 +16,8 @@ from jaxdiff.models.autoencoder import kl_divergence
 from jaxdiff.state import create_autoencoder_state, create_optimizer
 from jaxdiff.train import train_and_evaluate
 
-from .conftest import apply_overrides, tiny_overrides
+from .conftest import apply_overrides, tiny_latent_overrides
 from .test_cli import run_main, snapshot
-
-
-def tiny_latent_overrides():
-    return {
-        **tiny_overrides(),
-        "autoencoder.channels": (8, 16, 16),
-        "autoencoder.num_steps": 4,
-        "autoencoder.batch_size": 16,
-        "autoencoder.log_every": 2,
-        "autoencoder.checkpoint_every": 2,
-        "autoencoder.eval_split": "test[:100]",
-        "model.channels": (16, 16),
-    }
 
 
 @pytest.mark.parametrize(
@@ -97,11 +84,8 @@ def test_scale_factor_gives_unit_variance():
 
 
 @pytest.fixture(scope="module")
-def latent_run(tmp_path_factory):
-    config = apply_overrides(mnist_latent.get_config(), tiny_latent_overrides())
-    workdir = tmp_path_factory.mktemp("latent")
-    state = train_and_evaluate(config, str(workdir))
-    return config, workdir, state
+def latent_run(tiny_latent_run):
+    return tiny_latent_run
 
 
 def test_both_stages_write_their_outputs(latent_run):

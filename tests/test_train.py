@@ -13,19 +13,14 @@ from PIL import Image
 
 from jaxdiff.train import train_and_evaluate
 
-from .conftest import ROOT, apply_overrides, tiny_overrides
+from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 4-step run with checkpoints at steps 2 and 4."""
-    from configs import mnist
-
-    config = apply_overrides(mnist.get_config(), tiny_overrides())
-    workdir = tmp_path_factory.mktemp("run")
-    state = train_and_evaluate(config, str(workdir))
-    return config, workdir, state
+def trained(tiny_run):
+    """A 4-step run with checkpoints at steps 2 and 4 (trained once per session)."""
+    return tiny_run
 
 
 def test_run_writes_checkpoints_metrics_config_and_grids(trained):
@@ -106,22 +101,10 @@ def test_sample_mode_writes_grid_and_npz(trained):
     assert (workdir / "samples" / "sample_0000004_ode.png").exists()
 
 
-COND_OVERRIDES = {
-    "model.num_heads": 2,
-    "model.context_dim": 16,
-    "sampling.samples_per_class": 2,
-}
-
-
 @pytest.fixture(scope="module")
-def trained_cond(tmp_path_factory):
-    """The conditional MNIST config, shrunken like `trained`."""
-    from configs import mnist_cond
-
-    config = apply_overrides(mnist_cond.get_config(), {**tiny_overrides(), **COND_OVERRIDES})
-    workdir = tmp_path_factory.mktemp("run_cond")
-    state = train_and_evaluate(config, str(workdir))
-    return config, workdir, state
+def trained_cond(tiny_cond_run):
+    """The conditional MNIST config with `tiny_cond_overrides` (trained once per session)."""
+    return tiny_cond_run
 
 
 def test_conditional_run_trains_and_draws_a_class_grid(trained_cond):
@@ -137,7 +120,7 @@ def test_conditional_run_trains_and_draws_a_class_grid(trained_cond):
 
 
 def sample_cond(workdir, *args):
-    overrides = {**tiny_overrides(), **COND_OVERRIDES}
+    overrides = tiny_cond_overrides()
     model = [f"--config.{k}={v}" for k, v in overrides.items() if k.startswith("model")]
     result = run_main(
         [

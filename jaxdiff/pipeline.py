@@ -1,0 +1,289 @@
+"""A trained run in Python: `jaxdiff.load(workdir)` and the `Pipeline` it returns.
+
+    import jaxdiff
+    pipeline = jaxdiff.load("runs/mnist")
+    images, labels = pipeline.sample(16)
+
+`--mode=sample` is this module plus file writing (`jaxdiff.sample.sample`), so
+the same run, settings and seed give the same images from either.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdiff import conditioning, latent, parallel, samplers
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.errors import UserError
+from jaxdiff.experiment import Experiment, create_experiment
+from jaxdiff.models import make_score_fn
+from jaxdiff.sample import make_sample_fn, sample_key, sample_labels
+from jaxdiff.state import abstract_train_state, create_optimizer
+
+logger = logging.getLogger("jaxdiff")
+
+CONFIG_FILE = "config.json"
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with, from `workdir/config.json`.
+
+    JSON has no tuples, so lists become tuples again (every list-valued field
+    is a tuple). The values are laid over `configs/default.py`, so a run
+    written before a field existed gets that field's default.
+
+    Raises:
+      UserError: no config.json in `workdir`.
+    """
+    from configs import default  # The one source of every field and its default.
+
+    path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UserError(f"no {CONFIG_FILE} in {os.path.dirname(path)}: pass the run's config")
+    with open(path) as f:
+        saved = json.load(f)
+    config = default.get_config()
+    _merge(config, saved)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str = "") -> None:
+    for name, value in values.items():
+        if isinstance(value, dict) and isinstance(config.get(name), ml_collections.ConfigDict):
+            _merge(config[name], value, f"{prefix}{name}.")
+            continue
+        try:
+            config[name] = tuple(value) if isinstance(value, list) else value
+        except TypeError as e:  # ConfigDict refuses a value of another type.
+            raise UserError(f"{CONFIG_FILE}: field {prefix}{name}: {e}") from None
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """A trained score model (and, for latent diffusion, its autoencoder), ready to use.
+
+    Made by `jaxdiff.load`. Arrays in and out are numpy; images are uint8
+    (N, H, W, C). `score` works in the space the score model was trained in:
+    pixels in the model's range (`data.centered`: [-1, 1], else [0, 1]), or
+    the scaled latents that `encode` returns.
+
+    Attributes:
+      experiment: model, SDE, shapes and the config with automatic values resolved.
+      workdir: the run's directory.
+      step: the training step of the loaded checkpoint.
+      params: the score model's EMA parameters (what sampling uses).
+      autoencoder_params: latent diffusion's autoencoder (EMA) parameters, else None.
+      latent_scale: the factor that gives the latents unit variance, else None.
+    """
+
+    experiment: Experiment
+    workdir: str
+    step: int
+    params: Any
+    autoencoder_params: Any = None
+    latent_scale: float | None = None
+    # Compiled once per pipeline: sampling functions by sampling settings, the score.
+    _sample_fns: dict = dataclasses.field(default_factory=dict, repr=False)
+    _score_fn: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return self.experiment.config
+
+    @property
+    def model(self):
+        return self.experiment.model
+
+    @property
+    def sde(self):
+        return self.experiment.sde
+
+    @property
+    def autoencoder(self):
+        return self.experiment.autoencoder
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's class names; a conditional model's label i is class_names[i]."""
+        return conditioning.CLASS_NAMES[self.config.data.dataset]
+
+    def sampling_experiment(
+        self,
+        num: int | None = None,
+        prompt: str | Sequence[str | int] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> Experiment:
+        """The experiment with these sampling settings (None: the run's config), validated.
+
+        Raises:
+          UserError: as `--mode=sample` would, e.g. a prompt for an unconditional model.
+        """
+        config = self.config.copy_and_resolve_references()
+        s = config.sampling
+        if prompt is not None:
+            s.prompt = prompt if isinstance(prompt, str) else ",".join(str(p) for p in prompt)
+        if sampler is not None:
+            s.sampler = sampler
+        if steps is not None:
+            s.num_steps = steps
+        if guidance_scale is not None:
+            s.guidance_scale = float(guidance_scale)
+        if num is not None:
+            prompted = bool(s.prompt.strip()) and config.model.conditional
+            if prompted:
+                s.samples_per_class = num
+            else:
+                s.num_samples = num
+        if config.to_json() == self.config.to_json():
+            return self.experiment
+        return create_experiment(config)
+
+    def sample(
+        self,
+        num: int | None = None,
+        prompt: str | Sequence[str | int] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draws samples with the run's EMA parameters; None means "as the run's config says".
+
+        Args:
+          num: how many images; with a prompt, how many per prompted class.
+          prompt: classes of a conditional model, "3,seven", ["cat", "dog"], [3, 5]
+            or "all"; "" samples unconditionally.
+          sampler: "euler_maruyama", "pc" or "ode".
+          steps: the sampler's steps (`sampling.num_steps`).
+          guidance_scale: classifier-free guidance w (with a prompt).
+          seed: the noise; the same seed and settings give the same images.
+
+        Returns:
+          uint8 images (N, H, W, C) and each image's class (-1: unconditional).
+
+        Raises:
+          UserError: an impossible setting, named as on the command line.
+        """
+        experiment = self.sampling_experiment(num, prompt, sampler, steps, guidance_scale)
+        s = experiment.config.sampling
+        cache_key = experiment.config.sampling.to_json()
+        if cache_key not in self._sample_fns:
+            self._sample_fns[cache_key] = make_sample_fn(experiment, self.latent_scale)
+        labels = sample_labels(experiment)
+        logger.info(
+            "Sampling %d images at step %d with %s (%d NFE each%s)",
+            s.num_samples if labels is None else len(labels),
+            self.step,
+            s.sampler,
+            samplers.num_function_evals(s),
+            f", guidance scale {s.guidance_scale:g}" if experiment.prompt_labels else "",
+        )
+        seed = experiment.config.seed if seed is None else seed
+        images = parallel.to_host(
+            self._sample_fns[cache_key](self.params, self.autoencoder_params, sample_key(seed))
+        )
+        if labels is None or not experiment.prompt_labels:
+            labels = np.full(len(images), -1, np.int32)
+        return images, np.asarray(labels, np.int32)
+
+    def score(self, x: Any, t: Any, labels: Any = None) -> np.ndarray:
+        """The model's score s(x, t) with the EMA parameters.
+
+        Args:
+          x: (N, *data_shape) float, in the space the score model was trained in.
+          t: diffusion time in (0, 1], a scalar or (N,).
+          labels: a conditional model's class ids (N,) (the null id
+            `num_classes` or None: unconditional); None for an unconditional model.
+        """
+        x = jnp.asarray(x, jnp.float32)
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+        num_classes = self.experiment.num_classes
+        if labels is not None and not num_classes:
+            raise UserError("labels need a conditional model (model.conditional=True)")
+        if num_classes:
+            labels = np.full(len(x), num_classes) if labels is None else labels
+            labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), x.shape[:1])
+        if self._score_fn is None:
+            experiment = self.experiment
+            self._score_fn = jax.jit(
+                lambda params, x, t, labels: make_score_fn(
+                    experiment.model, params, experiment.sde, experiment.config.model, labels=labels
+                )(x, t)
+            )
+        return np.asarray(self._score_fn(self.params, x, t, labels))
+
+    def _require_autoencoder(self, method: str) -> None:
+        if self.autoencoder is None:
+            raise UserError(
+                f"{method} needs a latent diffusion run (autoencoder.enabled); "
+                f"{self.workdir} is in pixel space"
+            )
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W, C) -> the scaled latents the score model works on."""
+        self._require_autoencoder("encode")
+        latents = latent.encode_images(self.experiment, self.autoencoder_params, images)
+        return latents * np.float32(self.latent_scale)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents (as `encode` returns and the sampler draws) -> uint8 images."""
+        self._require_autoencoder("decode")
+        unscaled = np.asarray(latents, np.float32) / np.float32(self.latent_scale)
+        return latent.decode_latents(self.experiment, self.autoencoder_params, unscaled)
+
+
+def load(
+    workdir: str, step: int | None = None, config: ml_collections.ConfigDict | None = None
+) -> Pipeline:
+    """Loads a trained run's EMA parameters (and autoencoder) for sampling and scoring.
+
+    Args:
+      workdir: the run's directory (what `--workdir` was).
+      step: which checkpoint; the latest if None.
+      config: the run's config; read from `workdir/config.json` if None.
+
+    Raises:
+      UserError: no checkpoint, no such step (the message lists the steps
+        there), a config that does not fit the checkpoint.
+    """
+    workdir = os.path.abspath(workdir)
+    # A given config is checked before the workdir, as the command line does.
+    experiment = None if config is None else create_experiment(config)
+    checkpointer = Checkpointer(workdir, create=False)
+    try:
+        available = checkpointer.all_steps()
+        if not available:
+            raise UserError(
+                f"no checkpoint in {checkpointer.directory}: train first (--mode=train)"
+            )
+        if step is not None and step not in available:
+            raise UserError(
+                f"no checkpoint {step} in {checkpointer.directory}; available steps: "
+                f"{', '.join(map(str, available))}"
+            )
+        experiment = experiment or create_experiment(read_config(workdir))
+        tx = create_optimizer(experiment.config.training)
+        state = checkpointer.restore(abstract_train_state(experiment, tx), step)
+    finally:
+        checkpointer.close()
+    autoencoder_params, scale = None, None
+    if experiment.autoencoder is not None:
+        autoencoder_params, scale = latent.load_autoencoder(experiment, workdir)
+    return Pipeline(
+        experiment=experiment,
+        workdir=workdir,
+        step=int(state.step),
+        params=state.ema_params,
+        autoencoder_params=autoencoder_params,
+        latent_scale=scale,
+    )
