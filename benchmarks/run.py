@@ -1,0 +1,372 @@
+"""jaxdiff against the PyTorch original, side by side: training, sampling, memory, MFU.
+
+    pip install -e ".[benchmarks]"      # PyTorch (CPU machines: torch==2.13.0)
+    python benchmarks/run.py                                   # GPU defaults: batch 1024
+    python benchmarks/run.py --batch=64 --sample_batch=64 --sample_steps=20 \\
+        --train_steps=8 --repeats=3                            # a few minutes on 2 CPU cores
+
+Rows: the seed MNIST nets (`configs/mnist_seed.py`, uncond and cond) on three
+sides (jaxdiff, PyTorch eager, PyTorch `torch.compile`), and jaxdiff alone on
+its default MNIST and CIFAR-10 configs (`--models` picks). Every side is built and warmed up
+first (the warm-up time, compilation included, is reported), then the sides of
+a model are timed in turns, `--repeats` times; figures are medians. Train
+images/s use the same batch and precision on every side, with batches drawn on
+the device from a device-resident MNIST; sampling is `--sample_steps`
+Euler-Maruyama steps on `--sample_batch` samples (one network evaluation per
+step). Writes docs/benchmarks.json and docs/benchmarks.md (`--out` prefix).
+
+FLOPs per train step come from XLA's cost analysis of the *lowered* (not yet
+compiled) single-step program: the compiled one on GPU leaves out cuDNN
+convolutions, and a `lax.scan` of steps is counted once. The same count is
+used for the PyTorch rows (same network, same step). MFU = FLOPs per step x
+steps/s / the device's peak (`PEAK_FLOPS`; none known for CPUs).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import cifar10, cifar10_cond, mnist, mnist_cond, mnist_seed
+from jaxdiff import data, samplers
+from jaxdiff.experiment import create_experiment
+from jaxdiff.models import count_params, make_score_fn
+from jaxdiff.state import create_optimizer, create_train_state
+from jaxdiff.train import make_train_call, train_step
+
+# Dense peak FLOP/s by device kind and precision (fp32 = TF32 tensor cores, which
+# XLA and PyTorch's cuDNN convolutions use for float32 by default).
+PEAK_FLOPS = {
+    "H100": {"bf16": 989.4e12, "fp32": 494.7e12},
+    "H200": {"bf16": 989.4e12, "fp32": 494.7e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+}
+
+MODELS = {
+    "seed_uncond": lambda: mnist_seed.get_config("uncond"),
+    "seed_cond": lambda: mnist_seed.get_config("cond"),
+    "mnist": mnist.get_config,
+    "mnist_cond": mnist_cond.get_config,
+    "cifar10": cifar10.get_config,
+    "cifar10_cond": cifar10_cond.get_config,
+}
+TORCH_MODELS = ("seed_uncond", "seed_cond")
+
+
+def peak_flops(precision: str) -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAK_FLOPS.items():
+        if name in kind:
+            return peaks[precision]
+    return None
+
+
+def timed(fn, times: list[float]) -> None:
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+
+
+class JaxSide:
+    """jaxdiff's own train call and sampler for a config."""
+
+    name = "jaxdiff"
+
+    def __init__(self, config, args, images, labels):
+        c = config
+        c.training.batch_size = args.batch
+        c.training.half_precision = args.precision == "bf16"
+        c.training.steps_per_call = args.steps_per_call
+        c.training.num_steps = c.training.log_every = c.training.checkpoint_every = args.train_steps
+        c.sampling.sampler = "euler_maruyama"
+        c.sampling.num_steps = args.sample_steps
+        experiment = create_experiment(c)
+        self.config = c = experiment.config
+        self.calls = args.train_steps // c.training.steps_per_call
+        tx = create_optimizer(c.training)
+        key = jax.random.key(0)
+        self.state = create_train_state(key, experiment.model, experiment.data_shape, tx)
+        self.params = count_params(self.state.params)
+        self.dataset = data.to_device(images, labels, experiment.mesh)
+        self.key = key
+        self.train_call = make_train_call(experiment.model, experiment.sde, tx, c, experiment.mesh)
+        # FLOPs of one step, from the lowered program (see the module docstring).
+        one_step = jax.jit(
+            lambda state, key, dataset: train_step(
+                state,
+                key,
+                dataset,
+                model=experiment.model,
+                sde=experiment.sde,
+                tx=tx,
+                config=c,
+                batch_sharding=jax.sharding.NamedSharding(
+                    experiment.mesh, jax.sharding.PartitionSpec("data")
+                ),
+            )
+        )
+        lowered = one_step.lower(self.state, key, self.dataset)
+        self.flops_per_step = float(lowered.cost_analysis()["flops"])
+
+        num_classes = experiment.num_classes
+        sample_labels = (
+            jnp.arange(args.sample_batch, dtype=jnp.int32) % num_classes if num_classes else None
+        )
+        sampler = samplers.create_sampler(c.sampling)
+        shape = (args.sample_batch, *experiment.data_shape)
+
+        def sample(params, key):
+            score_fn = make_score_fn(
+                experiment.model, params, experiment.sde, c.model, labels=sample_labels
+            )
+            return sampler(key, score_fn, experiment.sde, shape)
+
+        self.sample_fn = jax.jit(sample)
+        start = time.perf_counter()
+        self.train()
+        self.sample()
+        self.warmup_s = time.perf_counter() - start
+        train_memory = self.train_call.lower(self.state, key, self.dataset).compile()
+        self.peak_mem_mb = _compiled_memory_mb(train_memory)
+
+    def train(self):
+        for _ in range(self.calls):
+            self.state, metrics = self.train_call(self.state, self.key, self.dataset)
+        jax.block_until_ready(metrics["loss"])
+
+    def sample(self):
+        jax.block_until_ready(self.sample_fn(self.state.ema_params, self.key))
+
+
+def _compiled_memory_mb(compiled) -> float | None:
+    """Arguments + outputs + temporaries of a compiled program (aliased buffers once)."""
+    try:
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+        return total / 2**20
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+class TorchSide:
+    """The PyTorch reference (benchmarks/torch_reference.py), eager or torch.compile'd."""
+
+    def __init__(self, model_name, compiled, args, images, labels):
+        import torch
+        import torch_reference as ref
+
+        self.torch = torch
+        self.name = "torch_compile" if compiled else "torch_eager"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(0)
+        kwargs = {}
+        if model_name == "seed_cond":
+            kwargs = dict(num_classes=10, heads=1, context_tokens=1, ff_mult=3)
+        model = ref.SeedScoreNet(**kwargs).to(self.device)
+        self.params = ref.count_params(model)
+        self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        net = torch.compile(model) if compiled else model
+        net.num_classes = model.num_classes
+        x = torch.tensor(images, device=self.device).permute(0, 3, 1, 2).float() / 255.0
+        y = torch.tensor(labels, device=self.device).long()
+        self.trainer = ref.Trainer(net, x, y, args.batch, dtype=self.dtype)
+        self.steps = args.train_steps
+        sample_labels = None
+        if model.num_classes:
+            sample_labels = torch.arange(args.sample_batch, device=self.device) % 10
+        self.sample_fn = lambda: ref.euler_maruyama(
+            net, args.sample_batch, args.sample_steps, self.device, sample_labels, self.dtype
+        )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        self.train()
+        self.sample()
+        self.warmup_s = time.perf_counter() - start
+        self.peak_mem_mb = (
+            torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None
+        )
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def train(self):
+        for _ in range(self.steps):
+            self.trainer.step()
+        self._sync()
+
+    def sample(self):
+        self.sample_fn()
+        self._sync()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    on_cpu = jax.default_backend() == "cpu"
+    parser.add_argument("--models", default="seed_uncond,seed_cond,cifar10_cond")
+    parser.add_argument("--sides", default="jaxdiff,torch_eager,torch_compile")
+    parser.add_argument("--batch", type=int, default=64 if on_cpu else 1024)
+    parser.add_argument("--sample_batch", type=int, default=64 if on_cpu else 1024)
+    parser.add_argument("--sample_steps", type=int, default=20 if on_cpu else 500)
+    parser.add_argument("--train_steps", type=int, default=8 if on_cpu else 40)
+    parser.add_argument("--steps_per_call", type=int, default=0, help="0: jaxdiff's default")
+    parser.add_argument("--repeats", type=int, default=3 if on_cpu else 5)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--out", default="docs/benchmarks")
+    args = parser.parse_args()
+    models, sides = args.models.split(","), args.sides.split(",")
+    for name in models:
+        if name not in MODELS:
+            sys.exit(f"error: unknown model {name!r}; choose from {sorted(MODELS)}")
+    for side in sides:
+        if side not in ("jaxdiff", "torch_eager", "torch_compile"):
+            sys.exit(f"error: unknown side {side!r}; choose jaxdiff, torch_eager, torch_compile")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    images, labels = data.load_split("mnist", "train[:10000]")
+    cifar = None
+
+    rows = []
+    device_name = jax.devices()[0].device_kind
+    if on_cpu:
+        device_name = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    peak = peak_flops(args.precision)
+    for model_name in models:
+        built = []
+        for side in sides:
+            if side != "jaxdiff" and model_name not in TORCH_MODELS:
+                continue
+            if model_name.startswith("cifar10"):
+                if cifar is None:
+                    cifar = data.load_split("cifar10", "train[:10000]")
+                side_images, side_labels = cifar
+            else:
+                side_images, side_labels = images, labels
+            print(f"building {model_name} / {side} ...", flush=True)
+            if side == "jaxdiff":
+                built.append(JaxSide(MODELS[model_name](), args, side_images, side_labels))
+            else:
+                built.append(
+                    TorchSide(model_name, side == "torch_compile", args, side_images, side_labels)
+                )
+        jax_side = next((b for b in built if b.name == "jaxdiff"), None)
+        if jax_side is not None:
+            for other in built:
+                if other.params != jax_side.params:
+                    sys.exit(
+                        f"error: {model_name}: {other.name} has {other.params:,} parameters, "
+                        f"jaxdiff {jax_side.params:,}: not the same network"
+                    )
+        train_times = {b.name: [] for b in built}
+        sample_times = {b.name: [] for b in built}
+        for _ in range(args.repeats):  # In turns, so a noisy machine slows every side alike.
+            for b in built:
+                timed(b.train, train_times[b.name])
+                timed(b.sample, sample_times[b.name])
+        flops = jax_side.flops_per_step if jax_side else None
+        for b in built:
+            train_s = statistics.median(train_times[b.name])
+            sample_s = statistics.median(sample_times[b.name])
+            steps_per_s = args.train_steps / train_s
+            rows.append(
+                {
+                    "model": model_name,
+                    "side": b.name,
+                    "device": device_name,
+                    "batch": args.batch,
+                    "precision": args.precision,
+                    "params": b.params,
+                    "train_images_per_sec": round(args.batch * steps_per_s, 1),
+                    "sample_per_sec": round(args.sample_batch / sample_s, 2),
+                    "sample_steps": args.sample_steps,
+                    "sample_batch": args.sample_batch,
+                    "ms_per_eval": round(1000 * sample_s / args.sample_steps, 2),
+                    "peak_mem_mb": None if b.peak_mem_mb is None else round(b.peak_mem_mb, 1),
+                    "warmup_s": round(b.warmup_s, 1),
+                    "gflops_per_step": None if flops is None else round(flops / 1e9, 2),
+                    "mfu": None if (peak is None or flops is None) else flops * steps_per_s / peak,
+                }
+            )
+            print(_line(rows[-1]), flush=True)
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write(_markdown(rows, args, device_name))
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def _line(row) -> str:
+    return (
+        f"{row['model']:13s} {row['side']:14s} train {row['train_images_per_sec']:9.1f} img/s  "
+        f"sample {row['sample_per_sec']:8.2f}/s  {row['ms_per_eval']:8.2f} ms/eval  "
+        f"warm-up {row['warmup_s']:6.1f} s  mem {row['peak_mem_mb']} MB  mfu {row['mfu']}"
+    )
+
+
+def _markdown(rows, args, device_name) -> str:
+    """The table of docs/benchmarks.md, with the machine and the command."""
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    lines = [
+        "# Benchmarks: jaxdiff vs the PyTorch original",
+        "",
+        f"Machine: {device_name}; jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch_version}.",
+        "",
+        "Command: `python benchmarks/run.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        f"Batch {args.batch}, {args.precision}; train: median of {args.repeats} runs of "
+        f"{args.train_steps} steps; sampling: {args.sample_steps} Euler-Maruyama steps on "
+        f"{args.sample_batch} samples. Sides timed in turns. See benchmarks/run.py for what "
+        "each column measures.",
+        "",
+        "| model | side | params | train img/s | samples/s | ms/eval | peak MB | warm-up s "
+        "| GFLOP/step | MFU | vs jaxdiff (train, sample) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {r["model"]: r for r in rows if r["side"] == "jaxdiff"}
+    for r in rows:
+        ref = base.get(r["model"])
+        ratio = ""
+        if ref is not None and r["side"] != "jaxdiff":
+            ratio = (
+                f"jaxdiff {ref['train_images_per_sec'] / r['train_images_per_sec']:.2f}x, "
+                f"{ref['sample_per_sec'] / r['sample_per_sec']:.2f}x"
+            )
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}"
+        lines.append(
+            f"| {r['model']} | {r['side']} | {r['params']:,} | {r['train_images_per_sec']:,.1f} "
+            f"| {r['sample_per_sec']:,.2f} | {r['ms_per_eval']:.2f} | {mem} | {r['warmup_s']:.1f} "
+            f"| {r['gflops_per_step']} | {mfu} | {ratio} |"
+        )
+    lines += [
+        "",
+        "Peak MB: jaxdiff, the compiled train call's arguments + outputs + temporaries "
+        "(XLA's memory analysis); PyTorch, `torch.cuda.max_memory_allocated` (GPU only).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
