@@ -14,6 +14,7 @@ from configs import (
     fashion_mnist_cond,
     mnist,
     mnist_cond,
+    mnist_seed,
 )
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
@@ -384,3 +385,23 @@ def test_conditional_seed_net_needs_an_attention_side_it_has():
     config.attention_resolutions = (7,)
     with pytest.raises(UserError, match=r"names none of .*\[26, 12, 5, 2\]"):
         create_model(config, (28, 28, 1), num_classes=10)
+
+
+@pytest.mark.parametrize("variant", ["uncond", "cond"])
+def test_mnist_seed_config_is_the_original_net(variant):
+    """configs/mnist_seed.py, the twin of benchmarks/torch_reference.py (run.py compares counts)."""
+    config = mnist_seed.get_config(variant)
+    m = config.model
+    num_classes = 10 if m.conditional else 0
+    params, out_shape = init_shapes(
+        create_model(m, (28, 28, 1), num_classes=num_classes), (28, 28, 1)
+    )
+    assert out_shape == (2, 28, 28, 1)
+    assert (m.name, m.preconditioning) == ("seed_unet", "none")
+    expected = expected_seed_params(m.channels, m.embed_dim, 1)
+    if m.conditional:
+        # One 256-d token per class and the null one; transformers at 5x5 (128 channels,
+        # encoder and decoder) and 2x2 (256 channels), feed-forward 3x wide.
+        assert (m.context_tokens, m.num_heads, m.ff_mult) == (1, 1, 3)
+        expected += 11 * 256 + 2 * transformer_params(128, 256, 3) + transformer_params(256, 256, 3)
+    assert count(params) == expected == {"uncond": 1_022_849, "cond": 2_476_673}[variant]
