@@ -27,10 +27,9 @@ from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
 from jaxdiff.sample import make_sample_fn, sample_key, sample_labels
 from jaxdiff.state import abstract_train_state, create_optimizer
+from jaxdiff.workdir import CONFIG_FILE
 
 logger = logging.getLogger("jaxdiff")
-
-CONFIG_FILE = "config.json"
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
