@@ -23,6 +23,7 @@ _LAZY = {
     "save_png": "jaxdiff.visualize",
     "save_images": "jaxdiff.sample",
     "write_progress": "jaxdiff.visualize",
+    "write_loss_curves": "jaxdiff.loss_curve",
 }
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "save_images",
     "save_png",
     "train",
+    "write_loss_curves",
     "write_progress",
 ]
 

@@ -17,6 +17,7 @@ from jaxdiff import conditioning, data, latent, parallel, preemption, sample
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.loop import TrainCall, apply_update, compile_train_call, run_training
+from jaxdiff.loss_curve import write_loss_curves
 from jaxdiff.losses import dsm_loss
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.reporting import MetricsLog
@@ -198,6 +199,8 @@ def _train(
         metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=int(state.step))
 
         def on_checkpoint(step, state):
+            if is_main:
+                write_loss_curves(workdir)
             if t.sample_at_checkpoints:
                 samples = draw_samples(state.ema_params, autoencoder_params)
                 grid = sample.save_grid(samples, experiment, workdir, step, is_main)

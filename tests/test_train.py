@@ -32,6 +32,8 @@ def test_run_writes_checkpoints_metrics_config_and_grids(trained):
     for record in records:
         assert {"loss", "learning_rate", "images_per_sec", "grad_norm"} <= set(record)
         assert np.isfinite(record["loss"]) and record["loss"] > 0
+    # The loss curve, redrawn at each checkpoint from these records.
+    assert np.asarray(Image.open(workdir / "loss.png")).shape == (360, 640, 3)
     # Warmup: 2 steps to the peak, then cosine decay.
     assert records[0]["learning_rate"] == pytest.approx(config.training.learning_rate / 2)
     saved = json.loads((workdir / "config.json").read_text())
