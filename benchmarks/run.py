@@ -36,7 +36,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cifar10, cifar10_cond, mnist, mnist_cond, mnist_seed
-from jaxdiff import data, samplers
+from jaxdiff import data, parallel, samplers
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.state import create_optimizer, create_train_state
@@ -108,9 +108,7 @@ class JaxSide:
                 sde=experiment.sde,
                 tx=tx,
                 config=c,
-                batch_sharding=jax.sharding.NamedSharding(
-                    experiment.mesh, jax.sharding.PartitionSpec("data")
-                ),
+                batch_sharding=parallel.batch_sharded(experiment.mesh),
             )
         )
         lowered = one_step.lower(self.state, key, self.dataset)

@@ -73,20 +73,19 @@ class Checkpointer:
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise UserError(f"no checkpoint in {self.directory}: train first (--mode=train)")
-        for candidate in steps:
+        # Newest first, each with the one to fall back on (None for the oldest).
+        for candidate, older in zip(steps, [*steps[1:], None], strict=True):
             try:
                 return self._restore_step(abstract_state, candidate)
             except UnreadableCheckpointError as e:
-                older = [s for s in steps if s < candidate]
-                if not older:
+                if older is None:
                     raise UserError(
                         f"{e}; there is no older checkpoint to fall back on: move "
                         f"{self._step_dir(candidate)} away to start again from scratch"
                     ) from None
-                logger.warning("%s; using checkpoint %d instead", e, older[0])
+                logger.warning("%s; using checkpoint %d instead", e, older)
                 if set_aside:
                     self._set_aside(candidate)
-        raise AssertionError("unreachable")
 
     def _restore_step(self, abstract_state: Any, step: int) -> Any:
         if step not in self._manager.all_steps():

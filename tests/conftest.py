@@ -55,6 +55,11 @@ def tiny_overrides() -> dict[str, object]:
     }
 
 
+def cli_flags(overrides: dict[str, object]) -> list[str]:
+    """The same overrides as main.py flags (one argv item each, so no quoting needed)."""
+    return [f"--config.{name}={value}" for name, value in overrides.items()]
+
+
 def apply_overrides(config, overrides):
     for name, value in overrides.items():
         *groups, field = name.split(".")

@@ -15,13 +15,13 @@ from jaxdiff import latent
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import make_score_fn
 
-from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
+from .conftest import ROOT, cli_flags, tiny_cond_overrides, tiny_overrides
 from .test_cli import run_main
 
 
 def model_flags(overrides):
     """The command-line flags that give a tiny run's network (what the checkpoint needs)."""
-    return [f"--config.{k}={v}" for k, v in overrides.items() if k.startswith("model")]
+    return cli_flags({k: v for k, v in overrides.items() if k.startswith("model")})
 
 
 def assert_trees_equal(a, b):

@@ -26,7 +26,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.train import train_and_evaluate
 from jaxdiff.workdir import WorkdirLock
 
-from .conftest import ROOT, apply_overrides, tiny_overrides
+from .conftest import ROOT, cli_flags, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
 
 NUM_STEPS = 200
@@ -213,18 +213,7 @@ def test_second_run_on_a_busy_workdir_refuses_to_start(tmp_path):
         pass
 
 
-# In-process faults, on a 4-step run with checkpoints at steps 2 and 4.
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from configs import mnist
-
-    config = apply_overrides(mnist.get_config(), tiny_overrides())
-    config.training.sample_at_checkpoints = False
-    workdir = tmp_path_factory.mktemp("tiny")
-    state = train_and_evaluate(config, str(workdir))
-    return config, workdir, state
+# In-process faults, on copies of conftest's `tiny_run` (4 steps, checkpoints at 2 and 4).
 
 
 def copy_run(workdir, target):
@@ -346,10 +335,7 @@ def test_only_checkpoint_corrupted_is_a_clear_error(tiny_run, tmp_path):
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path, cache_env):
     """jax.distributed on localhost (the multi-host path): two processes with one device
     each train data-parallel, bit for bit like one process with two devices."""
-    args = [
-        f"--config.{name}=" + (str(tuple(v)).replace(" ", "") if isinstance(v, tuple) else str(v))
-        for name, v in dict(tiny_overrides(), **{"training.sample_at_checkpoints": False}).items()
-    ]
+    args = cli_flags({**tiny_overrides(), "training.sample_at_checkpoints": False})
 
     def start(workdir, *extra, devices=1):
         command = [sys.executable, "main.py", "--config=configs/mnist.py", *args, *extra]
