@@ -1,7 +1,9 @@
-"""jaxdiff command line: train a score model, or sample from its latest checkpoint.
+"""jaxdiff command line: train a score model, sample from it, evaluate it.
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
     python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
+    python main.py --config=configs/classifier_mnist.py --workdir=runs/classifier_mnist
+    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=eval
 
 Any config field can be overridden: --config.training.batch_size=256.
 SIGTERM or Ctrl-C stops training after a checkpoint (exit 0); the same command resumes.
@@ -18,7 +20,14 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "sample", "eval", "plot"],
+    "train: what config.task names (score model or feature classifier); sample: draw "
+    "from the latest checkpoint; eval: sample-quality metrics (a classifier run: its "
+    "test accuracy); plot: redraw the loss curves from metrics.jsonl.",
+)
 flags.DEFINE_bool(
     "allow_config_change",
     False,
@@ -62,6 +71,43 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"bad --config override: {detail}")
 
 
+def run_mode(mode: str, config, workdir: str) -> None:
+    """Does what --mode says for the task the config names."""
+    from jaxdiff.errors import UserError
+
+    task = config.task
+    if task not in ("diffusion", "classifier"):
+        raise UserError(f"unknown task {task!r}; choose one of ['classifier', 'diffusion']")
+    if mode == "plot":
+        from jaxdiff.loss_curve import write_loss_curves
+
+        paths = write_loss_curves(workdir)
+        if not paths:
+            raise UserError(f"no metrics.jsonl with losses in {workdir}: train first")
+        print("\n".join(paths))
+    elif task == "classifier":
+        from jaxdiff import classifier
+
+        if mode == "train":
+            classifier.train_classifier(config, workdir, FLAGS.allow_config_change)
+        elif mode == "eval":
+            print(classifier.test_accuracy_line(workdir, config))
+        else:
+            raise UserError("a classifier run has nothing to sample; use --mode=train or eval")
+    elif mode == "train":
+        from jaxdiff.train import train_and_evaluate
+
+        train_and_evaluate(config, workdir, FLAGS.allow_config_change)
+    elif mode == "sample":
+        from jaxdiff.sample import sample
+
+        sample(config, workdir)
+    else:
+        from jaxdiff.evaluate import evaluate, summary_line
+
+        print(summary_line(evaluate(config, workdir)), flush=True)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -89,14 +135,7 @@ def main(argv: list[str]) -> None:
         parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
-        if FLAGS.mode == "train":
-            from jaxdiff.train import train_and_evaluate
-
-            train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_config_change)
-        else:
-            from jaxdiff.sample import sample
-
-            sample(config, FLAGS.workdir)
+        run_mode(FLAGS.mode, config, FLAGS.workdir)
     except (UserError, FloatingPointError) as e:
         fail(e)
     except Preempted as e:  # Asked to stop, and stopped cleanly: not a failure.

@@ -32,6 +32,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,6 +60,22 @@ MODELS = {
     "cifar10_cond": cifar10_cond.get_config,
 }
 TORCH_MODELS = ("seed_uncond", "seed_cond")
+
+
+# Images every benchmark trains on: the first 10,000 of the train split.
+BENCHMARK_SPLIT = "train[:10000]"
+
+
+def benchmark_images(dataset: str, npz_dir: str = ""):
+    """The benchmark's images and labels: `<npz_dir>/<dataset>.npz` if there, else TFDS.
+
+    The .npz (arrays `images`, `labels`; `--save_npz` writes it) lets a machine
+    without the full dataset run the benchmark.
+    """
+    if npz_dir and os.path.exists(os.path.join(npz_dir, f"{dataset}.npz")):
+        with np.load(os.path.join(npz_dir, f"{dataset}.npz")) as saved:
+            return saved["images"], saved["labels"]
+    return data.load_split(dataset, BENCHMARK_SPLIT)
 
 
 def peak_flops(precision: str) -> float | None:
@@ -225,7 +242,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3 if on_cpu else 5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument(
+        "--data_npz_dir", default="", help="read <dir>/mnist.npz, cifar10.npz instead of TFDS"
+    )
+    parser.add_argument(
+        "--save_npz", default="", help="write the benchmark images to <dir>/*.npz and exit"
+    )
     args = parser.parse_args()
+    if args.save_npz:
+        os.makedirs(args.save_npz, exist_ok=True)
+        for dataset in ("mnist", "cifar10"):
+            images, labels = data.load_split(dataset, BENCHMARK_SPLIT)
+            np.savez_compressed(
+                os.path.join(args.save_npz, f"{dataset}.npz"), images=images, labels=labels
+            )
+        print(f"wrote {args.save_npz}/mnist.npz and cifar10.npz")
+        return
     models, sides = args.models.split(","), args.sides.split(",")
     for name in models:
         if name not in MODELS:
@@ -234,7 +266,7 @@ def main() -> None:
         if side not in ("jaxdiff", "torch_eager", "torch_compile"):
             sys.exit(f"error: unknown side {side!r}; choose jaxdiff, torch_eager, torch_compile")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    images, labels = data.load_split("mnist", "train[:10000]")
+    images, labels = benchmark_images("mnist", args.data_npz_dir)
     cifar = None
 
     rows = []
@@ -249,7 +281,7 @@ def main() -> None:
                 continue
             if model_name.startswith("cifar10"):
                 if cifar is None:
-                    cifar = data.load_split("cifar10", "train[:10000]")
+                    cifar = benchmark_images("cifar10", args.data_npz_dir)
                 side_images, side_labels = cifar
             else:
                 side_images, side_labels = images, labels

@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Seed for parameter init, batch draws, noise and sampling.
     config.seed = 0
+    # What --mode=train trains: "diffusion" (the score model; latent diffusion's
+    # autoencoder first) or "classifier" (the feature classifier of --mode=eval).
+    config.task = "diffusion"
 
     config.data = data = ml_collections.ConfigDict()
     # TFDS dataset name: mnist, fashion_mnist or cifar10.
@@ -172,4 +175,57 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=sample also writes each image as its own PNG, in a folder named like
     # the grid (samples/<stem>/00000.png, ...), e.g. for external FID tools.
     sampling.save_individual = False
+
+    config.classifier = classifier = ml_collections.ConfigDict()
+    # The feature classifier (config.task = "classifier"): a residual CNN whose
+    # penultimate layer is the feature space of --mode=eval's FID and precision/recall.
+    # Channels per stage; the resolution halves between stages.
+    classifier.channels = (32, 64, 128)
+    # Residual blocks per stage.
+    classifier.num_res_blocks = 1
+    # Label smoothing of the cross-entropy loss.
+    classifier.label_smoothing = 0.0
+    # Random translations: pad by this many pixels (reflecting) and crop back (0: off).
+    classifier.random_crop = 0
+    # bf16 compute with float32 parameters and optimizer state.
+    classifier.half_precision = False
+    # The classifier's own optimisation, with the meaning of the training.* fields.
+    classifier.num_steps = 3000
+    classifier.batch_size = 128
+    classifier.learning_rate = 2e-3
+    classifier.warmup_steps = 200
+    classifier.schedule = "cosine"
+    classifier.end_lr_factor = 0.01
+    classifier.weight_decay = 5e-4
+    classifier.grad_clip = 1.0
+    classifier.ema_decay = 0.999
+    classifier.on_nonfinite = "stop"
+    classifier.steps_per_call = 0
+    classifier.log_every = 100
+    classifier.checkpoint_every = 1000
+    classifier.keep_checkpoints = 2
+    # Split on which the finished classifier's accuracy is measured.
+    classifier.eval_split = "test"
+
+    config.eval = evaluation = ml_collections.ConfigDict()
+    # --mode=eval: sample-quality metrics of the latest checkpoint.
+    # Workdir of a trained feature classifier of the same dataset
+    # (configs/classifier_<dataset>.py); "" means runs/classifier_<dataset>.
+    evaluation.classifier_workdir = ""
+    # Samples to generate (a conditional model: the same number of each class).
+    evaluation.num_samples = 10_000
+    # Samples per sampler call; each call's samples are saved, so an interrupted
+    # evaluation resumes from the last complete call.
+    evaluation.batch_size = 500
+    # Real images the samples are compared with (FID, precision/recall); FID
+    # against the train split and the test-vs-train floor are reported beside it.
+    evaluation.reference_split = "test"
+    # Nearest neighbours that set the manifold radii of precision/recall.
+    evaluation.nearest_k = 3
+    # Test images whose bits/dim the probability-flow ODE computes (0: skip; slow).
+    evaluation.bits_per_dim_images = 0
+    # Heun steps of that ODE (NFE = 2 x steps, each with a Jacobian-vector product).
+    evaluation.bits_per_dim_steps = 100
+    # InceptionV3 FID: path to pytorch-fid's weights (.pth with torch, or .npz); "" skips it.
+    evaluation.inception_weights = ""
     return config

@@ -8,6 +8,8 @@ are global, the batch a step sees does not depend on the number of devices.
 """
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -145,3 +147,23 @@ def to_uint8(x: jax.Array, centered: bool) -> jax.Array:
     if centered:
         x = (x + 1.0) / 2.0
     return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+# Images per call when a whole split goes through a network (encoder, classifier).
+MAP_CHUNK = 500
+
+
+def map_in_chunks(fn: Callable, images: np.ndarray, chunk: int = MAP_CHUNK) -> Any:
+    """Applies a jitted batch function to a host array chunk by chunk (one compile).
+
+    The last chunk is zero-padded to full size, so `fn` sees one shape. Its
+    output (an array, or a tuple of arrays) comes back as numpy, concatenated
+    along the first axis.
+    """
+    outputs = []
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]
+        padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), part.dtype)])
+        num = len(part)
+        outputs.append(jax.tree.map(lambda out, num=num: np.asarray(out)[:num], fn(padded)))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

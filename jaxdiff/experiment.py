@@ -52,7 +52,7 @@ def _auto_steps_per_call(training_config) -> int:
     return steps
 
 
-def _check_optimization(group: ml_collections.ConfigDict, name: str, batch_devices: int) -> None:
+def check_optimization(group: ml_collections.ConfigDict, name: str, batch_devices: int) -> None:
     """Validates an optimisation group (training, autoencoder) and resolves steps_per_call."""
     for field in _POSITIVE_TRAINING_FIELDS:
         if group[field] < 1:
@@ -96,7 +96,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     samplers.create_sampler(config.sampling)
     mesh = parallel.create_mesh()
     t = config.training
-    _check_optimization(t, "training", mesh.size)
+    check_optimization(t, "training", mesh.size)
     if not 0.0 < t.eps < 1.0:
         raise UserError(f"training.eps must be in (0, 1), got {t.eps}")
     if config.sampling.num_samples < 1:
@@ -104,7 +104,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     dtype = jnp.bfloat16 if t.half_precision else None
     autoencoder, data_shape = None, image_shape
     if config.autoencoder.enabled:
-        _check_optimization(config.autoencoder, "autoencoder", mesh.size)
+        check_optimization(config.autoencoder, "autoencoder", mesh.size)
         autoencoder = create_autoencoder(config.autoencoder, image_shape, dtype)
         data_shape = latent_shape(config.autoencoder, image_shape)
         if config.data.random_flip:

@@ -34,8 +34,6 @@ logger = logging.getLogger("jaxdiff")
 
 AUTOENCODER_DIR = "autoencoder"
 SCALE_FILE = "latent_scale.json"
-# Images per encoder/decoder call when mapping whole splits.
-_CHUNK = 500
 
 
 def autoencoder_loss(
@@ -79,17 +77,6 @@ def autoencoder_step(
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def _map_in_chunks(fn, images: np.ndarray) -> np.ndarray:
-    """Applies a jitted batch function to a host array chunk by chunk (one compile)."""
-    outputs = []
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start : start + _CHUNK]
-        pad = _CHUNK - len(chunk)
-        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(np.asarray(fn(padded))[: len(chunk)])
-    return np.concatenate(outputs)
-
-
 def _encode(experiment: Experiment, params: Any, images: jax.Array) -> jax.Array:
     """uint8 images -> posterior means; call inside jit."""
     x = data.to_model_range(images, experiment.config.data.centered)
@@ -105,7 +92,7 @@ def decode(experiment: Experiment, params: Any, latents: jax.Array) -> jax.Array
 
 def encode_images(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 latents (posterior means), unscaled."""
-    return _map_in_chunks(jax.jit(lambda x: _encode(experiment, params, x)), images)
+    return data.map_in_chunks(jax.jit(lambda x: _encode(experiment, params, x)), images)
 
 
 def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
@@ -115,12 +102,12 @@ def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.n
     def round_trip(x):
         return decode(experiment, params, _encode(experiment, params, x))
 
-    return _map_in_chunks(round_trip, images)
+    return data.map_in_chunks(round_trip, images)
 
 
 def decode_latents(experiment: Experiment, params: Any, latents: np.ndarray) -> np.ndarray:
     """Unscaled float latents -> uint8 images."""
-    return _map_in_chunks(jax.jit(lambda z: decode(experiment, params, z)), latents)
+    return data.map_in_chunks(jax.jit(lambda z: decode(experiment, params, z)), latents)
 
 
 def reconstruction_metrics(images: np.ndarray, reconstructions: np.ndarray) -> dict[str, float]:

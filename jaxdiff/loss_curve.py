@@ -78,14 +78,14 @@ def loss_curve_image(steps: np.ndarray, losses: np.ndarray, title: str) -> np.nd
     return np.asarray(image)
 
 
-def write_loss_curves(workdir: str) -> list[str]:
-    """Writes `loss.png` beside each metrics.jsonl of a run (score model, autoencoder).
+def write_loss_curves(workdir: str, title: str = "score model") -> list[str]:
+    """Writes `loss.png` beside each metrics.jsonl of a run (`title`; autoencoder).
 
     Returns:
       The paths written (none for a run that has not logged yet).
     """
     written = []
-    stages = ((workdir, "score model"), (os.path.join(workdir, "autoencoder"), "autoencoder"))
+    stages = ((workdir, title), (os.path.join(workdir, "autoencoder"), "autoencoder"))
     for directory, title in stages:
         path = os.path.join(directory, "metrics.jsonl")
         if not os.path.exists(path):

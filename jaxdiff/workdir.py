@@ -36,7 +36,20 @@ SAFE_TO_CHANGE = (
     "autoencoder.checkpoint_every",
     "autoencoder.keep_checkpoints",
     "autoencoder.steps_per_call",
+    "classifier.log_every",
+    "classifier.checkpoint_every",
+    "classifier.keep_checkpoints",
+    "classifier.steps_per_call",
+    "classifier.on_nonfinite",
+    # Evaluation settings never change what is trained.
+    "eval.",
 )
+
+# Groups a task does not read: changing them cannot change what it learns.
+UNUSED_BY_TASK = {
+    "diffusion": ("classifier.",),
+    "classifier": ("model.", "sde.", "training.", "autoencoder.", "sampling."),
+}
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -79,11 +92,22 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
     now = _flatten(config_as_dict(config))
+    unused = UNUSED_BY_TASK.get(config.get("task", "diffusion"), ())
+    defaults = None
     changes = []
     for field in sorted(before.keys() | now.keys()):
         old, new = before.get(field, "<absent>"), now.get(field, "<absent>")
-        if old == new or field.startswith(SAFE_TO_CHANGE):
+        if old == new or field.startswith(SAFE_TO_CHANGE) or field.startswith(unused):
             continue
+        if old == "<absent>":
+            # A field added to jaxdiff after the run started: at its default it
+            # asks for what the run did before the field existed.
+            if defaults is None:
+                from configs import default
+
+                defaults = _flatten(config_as_dict(default.get_config()))
+            if new == defaults.get(field):
+                continue
         group = field.split(".")[0]
         if field.endswith(".num_steps") and now.get(f"{group}.schedule") == "constant":
             continue

@@ -1,0 +1,18 @@
+"""The Fashion-MNIST feature classifier that --mode=eval measures samples with.
+
+    python main.py --config=configs/classifier_fashion_mnist.py \
+        --workdir=runs/classifier_fashion_mnist
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.task = "classifier"
+    config.data.dataset = "fashion_mnist"
+    config.data.random_flip = True
+    config.classifier.channels = (16, 32, 64)
+    config.classifier.random_crop = 2
+    config.classifier.num_steps = 3000
+    return config

@@ -1,0 +1,328 @@
+"""The feature classifier: training (config.task = "classifier") and use by the evaluation.
+
+Trained on the train split with the machinery of the score models (the same
+loop, optimizer, checkpoints, lock and stop handling); its EMA parameters
+classify. `load_classifier` gives the evaluation a trained one, and
+`reference_features` the features of a real split, cached in the
+classifier's workdir (they depend only on the classifier).
+"""
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxdiff import data, parallel, preemption
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.errors import UserError
+from jaxdiff.experiment import check_optimization
+from jaxdiff.loop import apply_update, compile_train_call, run_training
+from jaxdiff.loss_curve import write_loss_curves
+from jaxdiff.models.classifier import Classifier
+from jaxdiff.reporting import MetricsLog
+from jaxdiff.state import TrainState, abstract_state, create_optimizer, init_state
+from jaxdiff.workdir import WorkdirLock, check_config, prepare_workdir, write_config
+
+logger = logging.getLogger("jaxdiff")
+
+# The split --mode=eval measures a classifier's accuracy on.
+TEST_SPLIT = "test"
+
+
+def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
+    """Builds the classifier of `config.classifier` for `config.data.dataset`.
+
+    Raises:
+      UserError: an unknown dataset or impossible sizes.
+    """
+    c = config.classifier
+    image_shape, num_classes = data.dataset_info(config.data.dataset)
+    channels = tuple(c.channels)
+    if not channels or min(channels) < 1:
+        raise UserError(f"classifier.channels must be positive widths, got {channels}")
+    if c.num_res_blocks < 1:
+        raise UserError(f"classifier.num_res_blocks must be positive, got {c.num_res_blocks}")
+    if min(image_shape[:2]) < 2 ** (len(channels) - 1):
+        raise UserError(
+            f"classifier.channels={channels} has more stages than {config.data.dataset}'s "
+            f"{image_shape[0]}x{image_shape[1]} images can halve into"
+        )
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise UserError(f"classifier.label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    if not 0 <= c.random_crop < min(image_shape[:2]):
+        raise UserError(f"classifier.random_crop must be in [0, image side), got {c.random_crop}")
+    return Classifier(
+        num_classes=num_classes,
+        channels=channels,
+        num_res_blocks=c.num_res_blocks,
+        dtype=jnp.bfloat16 if c.half_precision else jnp.float32,
+    )
+
+
+def _create_state(key, model: Classifier, image_shape, tx) -> TrainState:
+    return init_state(model.init(key, jnp.zeros((1, *image_shape)))["params"], tx)
+
+
+def random_translate(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
+    """Shifts each image by up to `pad` pixels each way (reflect-padded, cropped back)."""
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * pad + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def classifier_step(
+    state: TrainState,
+    key: jax.Array,
+    dataset: data.DeviceDataset,
+    *,
+    model: Classifier,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    batch_sharding: jax.sharding.NamedSharding,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step of the classifier on an augmented batch drawn on device. Pure."""
+    c = config.classifier
+    batch_key, crop_key = jax.random.split(jax.random.fold_in(key, state.step))
+    x, labels = data.draw_batch(
+        batch_key,
+        dataset,
+        c.batch_size,
+        batch_sharding,
+        config.data.random_flip,
+        config.data.centered,
+    )
+    if c.random_crop:
+        x = random_translate(crop_key, x, c.random_crop)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, model.num_classes), c.label_smoothing)
+
+    def loss_fn(params):
+        logits, _ = model.apply({"params": params}, x)
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = apply_update(state, grads, tx, c.ema_decay, c.on_nonfinite == "skip")
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "accuracy": accuracy}
+
+
+def check_classifier_config(config: ml_collections.ConfigDict) -> tuple[Classifier, Any]:
+    """Validates a classifier config (resolving steps_per_call); returns (model, mesh)."""
+    model = create_classifier(config)
+    mesh = parallel.create_mesh()
+    check_optimization(config.classifier, "classifier", mesh.size)
+    return model, mesh
+
+
+def train_classifier(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> TrainState:
+    """Trains (or resumes) the feature classifier in `workdir`, then measures test accuracy.
+
+    The workdir holds what a score model's does: `config.json`,
+    `metrics.jsonl` (the last record: the accuracy on `classifier.eval_split`), `checkpoints/`,
+    `loss.png`; it is locked while training and a stop signal saves a
+    checkpoint, as in `train_and_evaluate`.
+
+    Returns:
+      The final train state.
+    """
+    config = config.copy_and_resolve_references()
+    model, mesh = check_classifier_config(config)
+    images, labels = data.load_split(
+        config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download
+    )
+    workdir = os.path.abspath(workdir)
+    prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+    check_config(config, workdir, allow_config_change)
+    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        if is_main:
+            write_config(config, workdir)
+        with preemption.stop_signals_caught():
+            return _train(config, model, mesh, workdir, images, labels)
+
+
+def _train(config, model, mesh, workdir, images, labels) -> TrainState:
+    c = config.classifier
+    is_main = jax.process_index() == 0
+    tx = create_optimizer(c)
+    image_shape = images.shape[1:]
+    abstract = abstract_state(
+        functools.partial(_create_state, jax.random.key(0), model, image_shape, tx), mesh
+    )
+    checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
+    metrics_log = None
+    try:
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(abstract, set_aside=True)
+            logger.info("Classifier: resumed from step %d", int(state.step))
+        else:
+            state = jax.jit(
+                lambda key: _create_state(key, model, image_shape, tx),
+                out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
+            )(jax.random.fold_in(jax.random.key(config.seed), 5))
+        step_fn = functools.partial(
+            classifier_step,
+            model=model,
+            tx=tx,
+            config=config,
+            batch_sharding=parallel.batch_sharded(mesh),
+        )
+        metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=int(state.step))
+        state = run_training(
+            name="classifier",
+            state=state,
+            train_call=compile_train_call(step_fn, c.steps_per_call, mesh),
+            dataset=data.to_device(images, labels, mesh),
+            key=jax.random.fold_in(jax.random.key(config.seed), 6),
+            group=c,
+            checkpointer=checkpointer,
+            metrics_log=metrics_log,
+            on_checkpoint=lambda step, state: (
+                write_loss_curves(workdir, "classifier") if is_main else None
+            ),
+            group_name="classifier",
+        )
+        trained = TrainedClassifier(config, model, state.ema_params, workdir, int(state.step))
+        accuracy, count = trained.accuracy(c.eval_split)
+        metrics_log.write(int(state.step), {"accuracy": accuracy})
+        logger.info(
+            "Classifier on %s (%d images): accuracy %.2f%%", c.eval_split, count, 100 * accuracy
+        )
+    finally:
+        checkpointer.close()
+        if metrics_log is not None:
+            metrics_log.close()
+    return state
+
+
+@dataclasses.dataclass
+class TrainedClassifier:
+    """A trained feature classifier's EMA parameters, ready to classify uint8 images."""
+
+    config: ml_collections.ConfigDict
+    model: Classifier
+    params: Any
+    workdir: str
+    step: int
+    _apply: Any = dataclasses.field(default=None, repr=False)
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, H, W, C) -> class probabilities (N, K) and features (N, D)."""
+        if self._apply is None:
+            centered = self.config.data.centered
+
+            @jax.jit
+            def apply(params, batch):
+                logits, features = self.model.apply(
+                    {"params": params}, data.to_model_range(batch, centered)
+                )
+                return jax.nn.softmax(logits.astype(jnp.float32)), features
+
+            self._apply = apply
+        return data.map_in_chunks(functools.partial(self._apply, self.params), images)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The most probable class of each uint8 image."""
+        return np.argmax(self.outputs(images)[0], axis=-1)
+
+    def accuracy(self, split: str = TEST_SPLIT) -> tuple[float, int]:
+        """(accuracy, number of images) on a split of the dataset."""
+        c = self.config.data
+        images, labels = data.load_split(c.dataset, split, c.data_dir, c.download)
+        return float(np.mean(self.predict(images) == labels)), len(labels)
+
+
+def load_classifier(workdir: str, dataset: str | None = None) -> TrainedClassifier:
+    """The trained classifier in `workdir` (its latest checkpoint's EMA parameters).
+
+    Raises:
+      UserError: no such workdir or checkpoint, not a classifier run, or a
+        classifier of another dataset than `dataset`.
+    """
+    from jaxdiff.pipeline import read_config  # The pipeline module imports the models.
+
+    workdir = os.path.abspath(workdir)
+    hint = (
+        f"train one with: python main.py --config=configs/classifier_{dataset or '<dataset>'}.py "
+        f"--workdir={workdir}"
+    )
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(f"no trained classifier in {workdir}; {hint}")
+    config = read_config(workdir)
+    if config.task != "classifier":
+        raise UserError(f"{workdir} holds a {config.task} run, not a classifier; {hint}")
+    if dataset is not None and config.data.dataset != dataset:
+        raise UserError(
+            f"the classifier in {workdir} was trained on {config.data.dataset}, "
+            f"not {dataset}; {hint}"
+        )
+    model, mesh = check_classifier_config(config)
+    image_shape, _ = data.dataset_info(config.data.dataset)
+    tx = create_optimizer(config.classifier)
+    abstract = abstract_state(
+        functools.partial(_create_state, jax.random.key(0), model, image_shape, tx), mesh
+    )
+    checkpointer = Checkpointer(workdir, create=False)
+    try:
+        if checkpointer.latest_step() is None:
+            raise UserError(f"no classifier checkpoint in {checkpointer.directory}; {hint}")
+        state = checkpointer.restore(abstract)
+    finally:
+        checkpointer.close()
+    if int(state.step) < config.classifier.num_steps:
+        logger.warning(
+            "The classifier in %s stopped at step %d of %d: its metrics are not final",
+            workdir,
+            int(state.step),
+            config.classifier.num_steps,
+        )
+    return TrainedClassifier(config, model, state.ema_params, workdir, int(state.step))
+
+
+def test_accuracy_line(workdir: str, config: ml_collections.ConfigDict) -> str:
+    """`--mode=eval` of a classifier run: its test accuracy, as one line."""
+    classifier = load_classifier(workdir, config.data.dataset)
+    accuracy, count = classifier.accuracy(TEST_SPLIT)
+    return (
+        f"classifier step {classifier.step}: {config.data.dataset} {TEST_SPLIT} accuracy "
+        f"{100 * accuracy:.2f}% ({count:,} images)"
+    )
+
+
+def reference_features(
+    classifier: TrainedClassifier, split: str, data_dir: str = "", download: bool = False
+) -> dict[str, np.ndarray]:
+    """Probabilities, features and labels of a real split, cached in the classifier's workdir.
+
+    The cache (`features/<split>_<step>.npz`) is written atomically and only
+    by process 0; an unwritable classifier workdir just means no cache.
+    """
+    directory = os.path.join(classifier.workdir, "features")
+    path = os.path.join(directory, f"{split.replace(':', '_')}_{classifier.step:07d}.npz")
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            return dict(cached)
+    images, labels = data.load_split(classifier.config.data.dataset, split, data_dir, download)
+    probs, features = classifier.outputs(images)
+    result = {"probs": probs, "features": features, "labels": labels}
+    if jax.process_index() == 0:
+        with contextlib.suppress(OSError):
+            os.makedirs(directory, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                np.savez(f, **result)
+            os.replace(path + ".tmp", path)
+    return result

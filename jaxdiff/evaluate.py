@@ -1,0 +1,327 @@
+"""`--mode=eval`: sample-quality metrics of a trained score model's latest checkpoint.
+
+Draws `eval.num_samples` samples in calls of `eval.batch_size` (each call's
+samples saved under `workdir/eval/samples_<step>_<settings>/`, so an
+interrupted evaluation resumes), measures them with the feature classifier
+(FID against the reference and train splits with the test-vs-train floor,
+classifier inception score, precision/recall, conditional accuracy), and
+optionally bits/dim of test images through the probability-flow ODE and
+InceptionV3 FID. Writes `workdir/eval/<step>.json` (`<step>_w<guidance>.json`
+for a conditional model) and `workdir/eval/results.md` (every evaluation of
+the run as a table row).
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxdiff import metrics, samplers
+from jaxdiff.classifier import TrainedClassifier, load_classifier, reference_features
+from jaxdiff.errors import UserError
+from jaxdiff.pipeline import Pipeline, load
+
+logger = logging.getLogger("jaxdiff")
+
+EVAL_DIR = "eval"
+RESULTS_TABLE = "results.md"
+# The keys every evaluation record has, in this order (None where a metric does not apply).
+RECORD_KEYS = (
+    "step",
+    "num_samples",
+    "sampler",
+    "nfe",
+    "fid",
+    "fid_floor",
+    "inception_score",
+    "precision",
+    "recall",
+    "cond_accuracy",
+    "bits_per_dim",
+    "seconds",
+)
+# Columns of results.md: (record key, heading, format).
+_TABLE_COLUMNS = (
+    ("step", "step", "{:d}"),
+    ("guidance_scale", "w", "{:g}"),
+    ("sampler", "sampler", "{}"),
+    ("nfe", "NFE", "{:d}"),
+    ("num_samples", "samples", "{:,}"),
+    ("fid", "FID", "{:.3f}"),
+    ("fid_train", "FID (train)", "{:.3f}"),
+    ("fid_floor", "floor", "{:.3f}"),
+    ("inception_score", "IS", "{:.3f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+    ("cond_accuracy", "cond. acc.", "{:.4f}"),
+    ("bits_per_dim", "bits/dim", "{:.3f}"),
+    ("fid_inception", "FID (Inception)", "{:.2f}"),
+    ("seconds", "seconds", "{:.0f}"),
+)
+
+
+def _check_eval_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
+    e = config.eval
+    for field in ("num_samples", "batch_size", "nearest_k", "bits_per_dim_steps"):
+        if e[field] < 1:
+            raise UserError(f"eval.{field} must be positive, got {e[field]}")
+    if e.bits_per_dim_images < 0:
+        raise UserError(f"eval.bits_per_dim_images must be >= 0, got {e.bits_per_dim_images}")
+    if e.num_samples <= e.nearest_k:
+        raise UserError(
+            f"eval.num_samples={e.num_samples} must exceed eval.nearest_k={e.nearest_k}"
+        )
+    if num_classes and e.batch_size % num_classes:
+        raise UserError(
+            f"eval.batch_size={e.batch_size} must be a multiple of the {num_classes} classes "
+            "(each call draws the same number of every class)"
+        )
+    if e.inception_weights and not os.path.isfile(os.path.expanduser(e.inception_weights)):
+        raise UserError(f"eval.inception_weights: no such file {e.inception_weights}")
+
+
+def classifier_workdir(config: ml_collections.ConfigDict) -> str:
+    """`eval.classifier_workdir`, or runs/classifier_<dataset> when it is empty."""
+    return config.eval.classifier_workdir or os.path.join(
+        "runs", f"classifier_{config.data.dataset}"
+    )
+
+
+def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
+    """What decides the evaluation's samples, beside the index of the call."""
+    config = pipeline.config
+    settings = {
+        "step": pipeline.step,
+        "seed": config.seed,
+        "batch_size": config.eval.batch_size,
+        "sampling": json.loads(config.sampling.to_json()),
+    }
+    for field in ("num_samples", "prompt", "samples_per_class", "save_individual"):
+        settings["sampling"].pop(field, None)
+    if not pipeline.experiment.num_classes:
+        settings["sampling"].pop("guidance_scale", None)
+    return settings
+
+
+def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.ndarray]:
+    """`eval.num_samples` samples and their classes (-1: unconditional), resumably.
+
+    Call i draws `eval.batch_size` samples with seed `config.seed + 1 + i` (a
+    conditional model: the same number of each class) and saves them as
+    `directory/call_<i>.npz`; calls already saved are read back, so the
+    samples do not depend on interruptions.
+    """
+    config = pipeline.config
+    e = config.eval
+    num_classes = pipeline.experiment.num_classes
+    num_calls = math.ceil(e.num_samples / e.batch_size)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "settings.json"), "w") as f:
+            json.dump(_sample_settings(pipeline), f, indent=2, sort_keys=True)
+    images, labels = [], []
+    start, drawn = time.perf_counter(), 0
+    for call in range(num_calls):
+        path = os.path.join(directory, f"call_{call:05d}.npz")
+        if os.path.exists(path):
+            with np.load(path) as saved:
+                images.append(saved["images"])
+                labels.append(saved["labels"])
+            continue
+        if num_classes:
+            batch_images, batch_labels = pipeline.sample(
+                e.batch_size // num_classes,
+                prompt=list(range(num_classes)),
+                seed=config.seed + 1 + call,
+            )
+        else:
+            batch_images, batch_labels = pipeline.sample(
+                e.batch_size, prompt="", seed=config.seed + 1 + call
+            )
+        if is_main:
+            with open(path + ".tmp", "wb") as f:
+                np.savez(f, images=batch_images, labels=batch_labels)
+            os.replace(path + ".tmp", path)
+        images.append(batch_images)
+        labels.append(batch_labels)
+        drawn += 1
+        elapsed = time.perf_counter() - start
+        remaining = elapsed / drawn * (num_calls - call - 1)
+        logger.info(
+            "eval: %d/%d samples (%.0f s, about %.0f s left)",
+            min((call + 1) * e.batch_size, e.num_samples),
+            e.num_samples,
+            elapsed,
+            remaining,
+        )
+    return (
+        np.concatenate(images)[: e.num_samples],
+        np.concatenate(labels)[: e.num_samples],
+    )
+
+
+def classifier_metrics(
+    classifier: TrainedClassifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    reference: dict[str, np.ndarray],
+    train: dict[str, np.ndarray],
+    nearest_k: int,
+) -> dict[str, Any]:
+    """FID (reference, train, floor), inception score, precision/recall, conditional accuracy.
+
+    `reference` and `train` are `reference_features` of two real splits;
+    `labels` are the requested classes (-1 where unconditional).
+    """
+    probs, features = classifier.outputs(images)
+    score, score_std = metrics.inception_score(probs)
+    precision, recall = metrics.precision_recall(reference["features"], features, nearest_k)
+    result = {
+        "fid": metrics.fid(features, reference["features"]),
+        "fid_train": metrics.fid(features, train["features"]),
+        "fid_floor": metrics.fid(reference["features"], train["features"]),
+        "inception_score": score,
+        "inception_score_std": score_std,
+        "precision": precision,
+        "recall": recall,
+        "cond_accuracy": None,
+        "cond_accuracy_per_class": None,
+    }
+    if (labels >= 0).all():
+        overall, per_class = metrics.classifier_accuracy(probs, labels)
+        result["cond_accuracy"] = overall
+        result["cond_accuracy_per_class"] = [float(a) for a in per_class]
+    return result
+
+
+def record_stem(pipeline: Pipeline) -> str:
+    """`<step>`, or `<step>_w<guidance>` for a conditional model."""
+    stem = f"{pipeline.step:07d}"
+    if pipeline.experiment.num_classes:
+        stem += f"_w{pipeline.config.sampling.guidance_scale:g}"
+    return stem
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`--mode=eval`: evaluates the latest checkpoint of `workdir`; returns the record.
+
+    Raises:
+      UserError: no checkpoint, no trained classifier of the dataset, impossible settings.
+    """
+    start = time.perf_counter()
+    pipeline = load(workdir, config=config)
+    config = pipeline.config
+    e = config.eval
+    experiment = pipeline.experiment
+    _check_eval_config(config, experiment.num_classes)
+    classifier = load_classifier(classifier_workdir(config), config.data.dataset)
+    settings = json.dumps(_sample_settings(pipeline), sort_keys=True)
+    tag = hashlib.sha1(settings.encode()).hexdigest()[:10]
+    directory = os.path.join(pipeline.workdir, EVAL_DIR)
+    images, labels = draw_samples(
+        pipeline, os.path.join(directory, f"samples_{pipeline.step:07d}_{tag}")
+    )
+    sampling_seconds = time.perf_counter() - start
+    data_args = (config.data.data_dir, config.data.download)
+    reference = reference_features(classifier, e.reference_split, *data_args)
+    train = reference_features(classifier, "train", *data_args)
+    record: dict[str, Any] = {
+        "step": pipeline.step,
+        "num_samples": len(images),
+        "sampler": config.sampling.sampler,
+        "nfe": samplers.num_function_evals(config.sampling),
+        "guidance_scale": config.sampling.guidance_scale if experiment.num_classes else None,
+        "reference_split": e.reference_split,
+        "classifier": {"workdir": classifier.workdir, "step": classifier.step},
+    }
+    record.update(classifier_metrics(classifier, images, labels, reference, train, e.nearest_k))
+    record["bits_per_dim"] = None
+    if e.bits_per_dim_images:
+        record.update(_bits_per_dim(pipeline))
+    record["fid_inception"] = None
+    if e.inception_weights:
+        record["fid_inception"] = _inception_fid(config, images, directory)
+    record["sampling_seconds"] = sampling_seconds
+    record["seconds"] = time.perf_counter() - start
+    record = {key: record[key] for key in RECORD_KEYS} | record
+    if jax.process_index() == 0:
+        path = os.path.join(directory, record_stem(pipeline) + ".json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(path + ".tmp", path)
+        write_results_table(directory)
+        record["path"] = path
+    return record
+
+
+def _bits_per_dim(pipeline: Pipeline) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+def _inception_fid(config, images, directory) -> float:
+    raise NotImplementedError
+
+
+def read_records(directory: str) -> list[dict[str, Any]]:
+    """Every evaluation record (`<step>*.json`) in an eval directory, by step then guidance."""
+    records = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json") and name[0].isdigit():
+            with open(os.path.join(directory, name)) as f:
+                records.append(json.load(f))
+    return sorted(records, key=lambda r: (r["step"], r.get("guidance_scale") or 0.0))
+
+
+def results_table(records: list[dict[str, Any]]) -> str:
+    """Evaluation records as a markdown table (columns without any value are left out)."""
+    columns = [c for c in _TABLE_COLUMNS if any(r.get(c[0]) is not None for r in records)]
+    lines = [
+        "| " + " | ".join(heading for _, heading, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for r in records:
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "" for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results_table(directory: str) -> str:
+    """Rewrites `directory/results.md` from its records; returns its path."""
+    path = os.path.join(directory, RESULTS_TABLE)
+    with open(path + ".tmp", "w") as f:
+        f.write(results_table(read_records(directory)))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """The one-line summary `--mode=eval` prints."""
+
+    def value(key, fmt):
+        return "n/a" if record.get(key) is None else fmt.format(record[key])
+
+    guidance = record.get("guidance_scale")
+    return (
+        f"eval step {record['step']}: FID {value('fid', '{:.3f}')} "
+        f"(vs train {value('fid_train', '{:.3f}')}, floor {value('fid_floor', '{:.3f}')})  "
+        f"IS {value('inception_score', '{:.3f}')}  precision {value('precision', '{:.3f}')}  "
+        f"recall {value('recall', '{:.3f}')}  cond. accuracy {value('cond_accuracy', '{:.4f}')}  "
+        f"bits/dim {value('bits_per_dim', '{:.3f}')}"
+        + (
+            f"  FID (Inception) {record['fid_inception']:.2f}"
+            if record.get("fid_inception")
+            else ""
+        )
+        + f"  | {record['num_samples']:,} samples, {record['sampler']} {record['nfe']} NFE"
+        + (f", w={guidance:g}" if guidance is not None else "")
+        + f", {record['seconds']:.0f} s"
+        + (f" -> {record['path']}" if record.get("path") else "")
+    )
