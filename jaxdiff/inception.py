@@ -365,6 +365,8 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
         raise UserError(f"cannot read Inception weights {path}: {error}") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors (pytorch-fid's .pth is one)")
     return {key: value.detach().cpu().numpy() for key, value in state.items()}
 
 
