@@ -39,7 +39,7 @@ def snapshot_states(num_steps: int, frames: int) -> np.ndarray:
             f"sampling.trajectory_frames must be in [2, num_steps + 1 = {num_steps + 1}], "
             f"got {frames}"
         )
-    # floor(x + 0.5), not numpy's round-half-to-even: spacing >= 1 keeps the states distinct.
+    # Rounded half up; a spacing >= 1 keeps the states distinct.
     return np.floor(np.linspace(0, num_steps, frames) + 0.5).astype(np.int32)
 
 

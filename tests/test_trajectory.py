@@ -59,10 +59,12 @@ def test_snapshot_spacing_and_times():
         states = snapshot_states(n, f)
         assert len(np.unique(states)) == f and states[0] == 0 and states[-1] == n
         assert np.ptp(np.diff(states)) <= 1  # Even spacing.
-    em = state_times(sampling_config(num_steps=5, eps=0.2))
-    np.testing.assert_allclose(em, [1.0, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-12)
-    pc = state_times(sampling_config(sampler="pc", num_steps=5, eps=0.2))
-    np.testing.assert_allclose(pc, [1.0, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-12)
+    # Euler-Maruyama steps dt = 0.225 from each of linspace(1, 0.1, 5), the last to -0.125;
+    # the predictor-corrector steps between them, the last to 0.
+    em = state_times(sampling_config(num_steps=5, eps=0.1))
+    np.testing.assert_allclose(em, [1.0, 0.775, 0.55, 0.325, 0.1, -0.125], atol=1e-12)
+    pc = state_times(sampling_config(sampler="pc", num_steps=5, eps=0.1))
+    np.testing.assert_allclose(pc, [1.0, 0.775, 0.55, 0.325, 0.1, 0.0], atol=1e-12)
     ode = state_times(sampling_config(sampler="ode", num_steps=4, eps=0.2))
     np.testing.assert_allclose(ode, [1.0, 0.8, 0.6, 0.4, 0.2], atol=1e-12)
 
