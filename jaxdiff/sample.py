@@ -109,10 +109,10 @@ def make_sample_fn(
         x, snapshots = sampler(key, sharded_score_fn, experiment.sde, shape)
         images = to_images(x)
         # The noisy snapshots are divided by the perturbed data's scale sqrt(alpha(t)^2 +
-        # std(t)^2) (1 for VP; ~sigma_max at t=1 for VE) rather than clipped as they are:
-        # noise at unit scale shows as grey-level noise, where VE's N(0, 50^2) prior would be
-        # all black and white, and VE's frames would stay saturated until t is small. It is
-        # what the network sees too. The last frame is the samples themselves, unscaled.
+        # std(t)^2) (1 for VP; 9.8 at t=1 for VE with sigma 25) rather than clipped as they
+        # are: noise at unit scale shows as grey-level noise, where VE's prior would be almost
+        # only black and white pixels, and VE's frames would stay saturated until t is small.
+        # The last frame is the samples themselves, unscaled (it equals the grid).
         t = jnp.asarray(trajectory_times(config.sampling, trajectory_frames)[:-1], jnp.float32)
         scale = jnp.sqrt(experiment.sde.mean_coeff(t) ** 2 + experiment.sde.marginal_std(t) ** 2)
         noisy = snapshots[:-1] / scale.reshape((-1,) + (1,) * (snapshots.ndim - 1))

@@ -26,7 +26,7 @@ SAMPLERS = {
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_snapshots_run_from_the_prior_draw_to_the_sample(name):
-    sde = VESDE()  # Prior std 50: the first snapshot is unmistakably the prior draw.
+    sde = VESDE()  # Prior std 9.8: the first snapshot is unmistakably the prior draw.
     config = sampling_config(num_steps=9, **SAMPLERS[name])
     plain = create_sampler(config)
     recording = create_sampler(config, snapshots=4)
@@ -97,7 +97,7 @@ def test_sample_mode_writes_the_strip_and_the_gif(tiny_run):
     for row, image in enumerate(images):
         top, left = band + 2 + row * 30, 2 + 3 * 30
         np.testing.assert_array_equal(strip[top : top + 28, left : left + 28], image[..., 0])
-    # The prior draw (VE, std 25 at t=1) scaled to unit variance: grey noise, not only 0 and 255.
+    # The prior draw (VE, std 9.8 at t=1) scaled to unit variance: grey noise, not only 0 and 255.
     prior = strip[band + 2 :, 2:30]
     assert prior.std() > 50 and 0.2 < np.mean((prior > 0) & (prior < 255)) < 0.6
     gif = Image.open(f"{stem}_trajectory.gif")
