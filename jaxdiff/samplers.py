@@ -51,7 +51,7 @@ def state_times(sampling_config) -> np.ndarray:
     ts = np.linspace(1.0, c.eps, c.num_steps)
     if c.sampler == "pc":  # Steps t_i -> t_{i+1}, the last to 0.
         return np.concatenate([ts, [0.0]])
-    # Euler-Maruyama: fixed steps dt from each t_i; the last ends just below eps.
+    # Euler-Maruyama: fixed steps dt from each t_i; the last ends at eps - dt, at or below 0.
     return np.concatenate([[1.0], ts - (ts[0] - ts[1])])
 
 
