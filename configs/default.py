@@ -175,6 +175,10 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=sample also writes each image as its own PNG, in a folder named like
     # the grid (samples/<stem>/00000.png, ...), e.g. for external FID tools.
     sampling.save_individual = False
+    # --mode=sample also writes samples/<stem>_trajectory.png and .gif (noise to sample).
+    sampling.save_trajectory = False
+    # save_trajectory only: snapshots, evenly spaced over the steps (2 to num_steps + 1).
+    sampling.trajectory_frames = 10
 
     config.classifier = classifier = ml_collections.ConfigDict()
     # The feature classifier (config.task = "classifier"): a residual CNN whose

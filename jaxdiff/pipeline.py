@@ -25,7 +25,7 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
-from jaxdiff.sample import make_sample_fn, sample_key, sample_labels
+from jaxdiff.sample import make_sample_fn, sample_key, sample_labels, trajectory_times
 from jaxdiff.state import abstract_train_state, create_optimizer
 from jaxdiff.workdir import CONFIG_FILE
 
@@ -173,27 +173,70 @@ class Pipeline:
         Raises:
           UserError: an impossible setting, named as on the command line.
         """
+        images, labels, _ = self._draw(num, prompt, sampler, steps, guidance_scale, seed, None)
+        return images, labels
+
+    def sample_trajectory(
+        self,
+        num: int | None = None,
+        prompt: str | Sequence[str | int] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        frames: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draws samples as `sample` does, with snapshots of the way from noise to them.
+
+        Args:
+          num, prompt, sampler, steps, guidance_scale, seed: as for `sample`.
+          frames: how many snapshots, evenly spaced over the sampler's steps
+            (`sampling.trajectory_frames` if None); 2 to steps + 1.
+
+        Returns:
+          uint8 snapshots (frames, N, H, W, C): the prior draw (divided by the
+          noise scale at t=1, so it shows as grey-level noise) to the samples,
+          which are the last snapshot and equal `sample`'s images for the same
+          settings; the time t of each snapshot (frames,); each image's class
+          (-1: unconditional).
+
+        Raises:
+          UserError: an impossible setting, e.g. frames outside [2, steps + 1].
+        """
+        frames = self.config.sampling.trajectory_frames if frames is None else frames
+        trajectory, labels, experiment = self._draw(
+            num, prompt, sampler, steps, guidance_scale, seed, frames
+        )
+        times = trajectory_times(experiment.config.sampling, frames)
+        return trajectory, times, labels
+
+    def _draw(self, num, prompt, sampler, steps, guidance_scale, seed, frames):
+        """(images or snapshots, labels, experiment) for `sample` and `sample_trajectory`."""
         experiment = self.sampling_experiment(num, prompt, sampler, steps, guidance_scale)
         s = experiment.config.sampling
-        cache_key = experiment.config.sampling.to_json()
+        if frames is not None:
+            samplers.snapshot_states(s.num_steps, frames)  # Validates the count.
+        cache_key = (s.to_json(), frames or 0)
         if cache_key not in self._sample_fns:
-            self._sample_fns[cache_key] = make_sample_fn(experiment, self.latent_scale)
+            self._sample_fns[cache_key] = make_sample_fn(experiment, self.latent_scale, frames or 0)
         labels = sample_labels(experiment)
         logger.info(
-            "Sampling %d images at step %d with %s (%d NFE each%s)",
+            "Sampling %d images at step %d with %s (%d NFE each%s)%s",
             s.num_samples if labels is None else len(labels),
             self.step,
             s.sampler,
             samplers.num_function_evals(s),
             f", guidance scale {s.guidance_scale:g}" if experiment.prompt_labels else "",
+            f", keeping {frames} snapshots" if frames else "",
         )
         seed = experiment.config.seed if seed is None else seed
         images = parallel.to_host(
             self._sample_fns[cache_key](self.params, self.autoencoder_params, sample_key(seed))
         )
+        count = images.shape[1] if frames else len(images)
         if labels is None or not experiment.prompt_labels:
-            labels = np.full(len(images), -1, np.int32)
-        return images, np.asarray(labels, np.int32)
+            labels = np.full(count, -1, np.int32)
+        return images, np.asarray(labels, np.int32), experiment
 
     def score(self, x: Any, t: Any, labels: Any = None) -> np.ndarray:
         """The model's score s(x, t) with the EMA parameters.

@@ -12,7 +12,15 @@ import numpy as np
 from jaxdiff import conditioning, data, latent, parallel, samplers
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
-from jaxdiff.visualize import image_grid, labeled_grid, save_png, write_progress
+from jaxdiff.visualize import (
+    captioned,
+    image_grid,
+    labeled_grid,
+    save_gif,
+    save_png,
+    trajectory_strip,
+    write_progress,
+)
 
 logger = logging.getLogger("jaxdiff")
 
@@ -37,8 +45,14 @@ def sample_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 2)
 
 
+def trajectory_times(sampling_config, frames: int) -> np.ndarray:
+    """The diffusion time of each of `frames` evenly spaced snapshots (1 first, ~0 last)."""
+    states = samplers.snapshot_states(sampling_config.num_steps, frames)
+    return samplers.state_times(sampling_config)[states]
+
+
 def make_sample_fn(
-    experiment: Experiment, latent_scale: float | None = None
+    experiment: Experiment, latent_scale: float | None = None, trajectory_frames: int = 0
 ) -> Callable[..., jax.Array]:
     """Jits (params, autoencoder_params=None, key=None) -> (N, H, W, C) uint8 samples.
 
@@ -51,9 +65,13 @@ def make_sample_fn(
     model improved; it is an argument of the compiled function, so another
     seed does not recompile. Samples are split over the devices when their
     number allows it.
+
+    With `trajectory_frames=F` it returns (F, N, H, W, C) uint8 instead: F
+    snapshots from the prior draw to the samples (the last one), at the
+    times `trajectory_times` gives; latent snapshots are decoded.
     """
     config = experiment.config
-    sampler = samplers.create_sampler(config.sampling)
+    sampler = samplers.create_sampler(config.sampling, snapshots=trajectory_frames)
     labels = sample_labels(experiment)
     num = config.sampling.num_samples if labels is None else len(labels)
     guidance_scale = config.sampling.guidance_scale if experiment.prompt_labels else 0.0
@@ -80,12 +98,29 @@ def make_sample_fn(
             # Pins the sampler's carry to the batch sharding; XLA propagates the rest.
             return score_fn(jax.lax.with_sharding_constraint(x, sharding), t)
 
-        x = sampler(key, sharded_score_fn, experiment.sde, (num, *experiment.data_shape))
-        if experiment.autoencoder is not None:
-            return latent.decode(experiment, autoencoder_params, x / latent_scale)
-        return data.to_uint8(x, config.data.centered)
+        def to_images(x):
+            if experiment.autoencoder is not None:
+                return latent.decode(experiment, autoencoder_params, x / latent_scale)
+            return data.to_uint8(x, config.data.centered)
 
-    jitted = jax.jit(draw, out_shardings=sharding)
+        shape = (num, *experiment.data_shape)
+        if not trajectory_frames:
+            return to_images(sampler(key, sharded_score_fn, experiment.sde, shape))
+        x, snapshots = sampler(key, sharded_score_fn, experiment.sde, shape)
+        images = to_images(x)
+        # The noisy snapshots are divided by the perturbed data's scale sqrt(alpha(t)^2 +
+        # std(t)^2) (1 for VP; 9.8 at t=1 for VE with sigma 25) rather than clipped as they
+        # are: noise at unit scale shows as grey-level noise, where VE's prior would be almost
+        # only black and white pixels, and VE's frames would stay saturated until t is small.
+        # The last frame is the samples themselves, unscaled (it equals the grid).
+        t = jnp.asarray(trajectory_times(config.sampling, trajectory_frames)[:-1], jnp.float32)
+        scale = jnp.sqrt(experiment.sde.mean_coeff(t) ** 2 + experiment.sde.marginal_std(t) ** 2)
+        noisy = snapshots[:-1] / scale.reshape((-1,) + (1,) * (snapshots.ndim - 1))
+        noisy = to_images(noisy.reshape((-1, *experiment.data_shape)))
+        return jnp.concatenate([noisy.reshape((-1, *images.shape)), images[None]])
+
+    out_sharding = sharding if not trajectory_frames else parallel.replicated(mesh)
+    jitted = jax.jit(draw, out_shardings=out_sharding)
 
     def sample_fn(params, autoencoder_params=None, key=None):
         # As host data: every process of a multi-host run passes the same value.
@@ -144,8 +179,10 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     class) and `<stem>.npz` (`images` uint8 NHWC, `labels` (-1: unconditional),
     `class_names`, `step`, `sampler`, `num_steps`, `guidance_scale`, `prompt`)
     into the workdir; with `sampling.save_individual`, also each image as
-    `<stem>/<index>.png`. The stem is `sample_<step>_<sampler>`, with
-    `_w<guidance>_<classes>` (or `_uncond`) added for a conditional model.
+    `<stem>/<index>.png`; with `sampling.save_trajectory`, also
+    `<stem>_trajectory.png` and `.gif` (`save_trajectory`). The stem is
+    `sample_<step>_<sampler>`, with `_w<guidance>_<classes>` (or `_uncond`)
+    added for a conditional model.
 
     Returns:
       The path of the .npz file.
@@ -154,7 +191,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
 
     pipeline = load(workdir, config=config)
     experiment, config = pipeline.experiment, pipeline.config
-    images, labels = pipeline.sample()
+    if config.sampling.save_trajectory:
+        trajectory, times, labels = pipeline.sample_trajectory()
+        images = trajectory[-1]
+    else:
+        images, labels = pipeline.sample()
     stem = os.path.join(pipeline.workdir, "samples", _file_stem(experiment, pipeline.step))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stem), exist_ok=True)
@@ -176,7 +217,54 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
         if config.sampling.save_individual:
             save_images(images, stem)
             logger.info("Wrote %d images to %s/", len(images), stem)
+        if config.sampling.save_trajectory:
+            save_trajectory(trajectory, times, experiment, stem)
+            logger.info("Wrote %s_trajectory.png and %s_trajectory.gif", stem, stem)
     return stem + ".npz"
+
+
+# Samples the trajectory strip shows at most, one row each.
+STRIP_MAX_ROWS = 8
+
+
+def strip_rows(experiment: Experiment, num: int) -> tuple[np.ndarray, list[str] | None]:
+    """Which samples the trajectory strip shows, and their row names (None: unconditional).
+
+    With a prompt, the first sample of each class, then the second of each, ...:
+    as many classes as fit in STRIP_MAX_ROWS rows.
+    """
+    if not experiment.prompt_labels:
+        return np.arange(min(num, STRIP_MAX_ROWS)), None
+    classes = len(experiment.prompt_labels)
+    per_class = num // classes
+    # Samples are row by row, class by class: sample j of class c is c * per_class + j.
+    order = [c * per_class + j for j in range(per_class) for c in range(classes)]
+    rows = np.asarray(order[:STRIP_MAX_ROWS])
+    names = conditioning.row_names(list(experiment.prompt_labels), experiment.config.data.dataset)
+    return rows, [names[row // per_class] for row in rows]
+
+
+def save_trajectory(
+    trajectory: np.ndarray, times: np.ndarray, experiment: Experiment, stem: str
+) -> tuple[str, str]:
+    """Writes `<stem>_trajectory.png` and `<stem>_trajectory.gif` from (F, N, H, W, C) snapshots.
+
+    The PNG: a few samples, one row each, from noise (left) to sample (right),
+    each column headed by its time t. The GIF: the whole grid, one frame per
+    snapshot captioned with t, the final samples held for 3 s.
+
+    Returns:
+      The two paths.
+    """
+    rows, names = strip_rows(experiment, trajectory.shape[1])
+    png, gif = stem + "_trajectory.png", stem + "_trajectory.gif"
+    save_png(png, trajectory_strip(trajectory[:, rows], times, names))
+    frames = [
+        captioned(grid_image(snapshot, experiment), f"t = {max(float(t), 0.0):.2f}")
+        for snapshot, t in zip(trajectory, times, strict=True)
+    ]
+    save_gif(gif, frames, 250, 3000)
+    return png, gif
 
 
 def save_images(images: np.ndarray, directory: str) -> list[str]:

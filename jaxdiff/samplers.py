@@ -3,6 +3,13 @@
 All of them take a `score_fn(x, t)` and an SDE, so they work with any model
 (and with classifier-free guidance, which is just another score_fn). Each
 returns the final sample; `num_steps` is the number of scan iterations.
+
+With `snapshots=F > 0` a sampler returns (sample, trajectory) instead: F
+states of its num_steps + 1 (the prior draw, then the mean after each step),
+evenly spaced by `snapshot_states`, the last being the sample itself. They are
+written into a carried (F + 1, ...) buffer as the scan goes (steps that are not
+snapshots write to the spare last slot), so memory is F samples, not num_steps.
+Without snapshots the scan is exactly the plain one.
 """
 
 import functools
@@ -10,12 +17,68 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.errors import UserError
 from jaxdiff.losses import ScoreFn
 from jaxdiff.sde import SDE, _bcast
 
 Sampler = Callable[[jax.Array, ScoreFn, SDE, tuple[int, ...]], jax.Array]
+
+
+def snapshot_states(num_steps: int, frames: int) -> np.ndarray:
+    """Which of the num_steps + 1 sampler states (0: the prior draw) `frames` snapshots show.
+
+    Evenly spaced from the first state to the last.
+
+    Raises:
+      UserError: fewer than 2 frames or more than the sampler has states.
+    """
+    if not 2 <= frames <= num_steps + 1:
+        raise UserError(
+            f"sampling.trajectory_frames must be in [2, num_steps + 1 = {num_steps + 1}], "
+            f"got {frames}"
+        )
+    # Rounded half up; a spacing >= 1 keeps the states distinct.
+    return np.floor(np.linspace(0, num_steps, frames) + 0.5).astype(np.int32)
+
+
+def state_times(sampling_config) -> np.ndarray:
+    """The diffusion time t of each of the sampler's num_steps + 1 states (1 for the prior draw)."""
+    c = sampling_config
+    if c.sampler == "ode":
+        return np.linspace(1.0, c.eps, c.num_steps + 1)
+    ts = np.linspace(1.0, c.eps, c.num_steps)
+    if c.sampler == "pc":  # Steps t_i -> t_{i+1}, the last to 0.
+        return np.concatenate([ts, [0.0]])
+    # Euler-Maruyama: fixed steps dt from each t_i; the last ends at eps - dt, at or below 0.
+    return np.concatenate([[1.0], ts - (ts[0] - ts[1])])
+
+
+def _scan(step, carry, xs, *, num_steps, snapshots, prior, state):
+    """lax.scan(step, carry, xs)'s final carry, plus `snapshots` states when asked.
+
+    `state(carry)` is the sampler's current estimate (what a snapshot records);
+    `prior` is the state before the first step.
+    """
+    if not snapshots:
+        carry, _ = jax.lax.scan(step, carry, xs)
+        return carry, None
+    states = snapshot_states(num_steps, snapshots)
+    # Slot of each step's resulting state (step i gives state i + 1); spare slot otherwise.
+    slots = np.full(num_steps, snapshots, np.int32)
+    slots[states[1:] - 1] = np.arange(1, snapshots)
+    buffer = jnp.zeros((snapshots + 1, *prior.shape), prior.dtype).at[0].set(prior)
+
+    def recording_step(carry_and_buffer, inputs):
+        carry, buffer = carry_and_buffer
+        inner, slot = inputs
+        carry, _ = step(carry, inner)
+        buffer = jax.lax.dynamic_update_index_in_dim(buffer, state(carry), slot, 0)
+        return (carry, buffer), None
+
+    (carry, buffer), _ = jax.lax.scan(recording_step, (carry, buffer), (xs, jnp.asarray(slots)))
+    return carry, buffer[:snapshots]
 
 
 def euler_maruyama(
@@ -26,7 +89,8 @@ def euler_maruyama(
     *,
     num_steps: int,
     eps: float,
-) -> jax.Array:
+    snapshots: int = 0,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The seed's Euler-Maruyama sampler for the reverse SDE.
 
     Times t_i = linspace(1, eps, num_steps), fixed step dt = t_0 - t_1:
@@ -46,8 +110,16 @@ def euler_maruyama(
         return (x_mean + _bcast(sde.diffusion(tb), x) * jnp.sqrt(dt) * noise, x_mean), None
 
     x = sde.prior_sample(init_key, shape)
-    (_, x_mean), _ = jax.lax.scan(step, (x, x), (ts, jax.random.split(key, num_steps)))
-    return x_mean
+    (_, x_mean), trajectory = _scan(
+        step,
+        (x, x),
+        (ts, jax.random.split(key, num_steps)),
+        num_steps=num_steps,
+        snapshots=snapshots,
+        prior=x,
+        state=lambda carry: carry[1],
+    )
+    return x_mean if not snapshots else (x_mean, trajectory)
 
 
 def _langevin_corrector(key, score_fn, sde, x, t, s, snr):
@@ -104,7 +176,8 @@ def predictor_corrector(
     predictor: str,
     snr: float,
     corrector_steps: int,
-) -> jax.Array:
+    snapshots: int = 0,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Predictor-corrector sampling (Song et al. 2021).
 
     At each t_i = linspace(1, eps, num_steps): `corrector_steps` Langevin steps,
@@ -127,8 +200,16 @@ def predictor_corrector(
 
     x = sde.prior_sample(init_key, shape)
     xs = (ts, next_ts, jax.random.split(key, num_steps))
-    (_, x_mean), _ = jax.lax.scan(step, (x, x), xs)
-    return x_mean
+    (_, x_mean), trajectory = _scan(
+        step,
+        (x, x),
+        xs,
+        num_steps=num_steps,
+        snapshots=snapshots,
+        prior=x,
+        state=lambda carry: carry[1],
+    )
+    return x_mean if not snapshots else (x_mean, trajectory)
 
 
 def probability_flow_ode(
@@ -139,7 +220,8 @@ def probability_flow_ode(
     *,
     num_steps: int,
     eps: float,
-) -> jax.Array:
+    snapshots: int = 0,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Deterministic sampling: Heun's method on the probability-flow ODE from t=1 to eps.
 
     num_steps Heun steps on linspace(1, eps, num_steps + 1); only the prior draw
@@ -158,8 +240,17 @@ def probability_flow_ode(
         d2 = velocity(x + h * d1, s)
         return x + 0.5 * h * (d1 + d2), None
 
-    x, _ = jax.lax.scan(step, sde.prior_sample(key, shape), (ts[:-1], ts[1:]))
-    return x
+    prior = sde.prior_sample(key, shape)
+    x, trajectory = _scan(
+        step,
+        prior,
+        (ts[:-1], ts[1:]),
+        num_steps=num_steps,
+        snapshots=snapshots,
+        prior=prior,
+        state=lambda carry: carry,
+    )
+    return x if not snapshots else (x, trajectory)
 
 
 SAMPLERS = {
@@ -169,11 +260,16 @@ SAMPLERS = {
 }
 
 
-def create_sampler(sampling_config) -> Sampler:
+def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
     """Binds the sampler named by `sampling_config.sampler` to its settings.
 
+    Args:
+      sampling_config: the config's `sampling` group.
+      snapshots: 0, or how many states of the trajectory to return as well.
+
     Returns:
-      A function (key, score_fn, sde, shape) -> samples, ready for `jax.jit`.
+      A function (key, score_fn, sde, shape) -> samples, ready for `jax.jit`;
+      with snapshots, -> (samples, (snapshots, *shape) trajectory).
     """
     c = sampling_config
     if c.sampler not in SAMPLERS:
@@ -191,6 +287,9 @@ def create_sampler(sampling_config) -> Sampler:
         if c.corrector_steps < 0:
             raise UserError(f"sampling.corrector_steps must be >= 0, got {c.corrector_steps}")
         kwargs.update(predictor=c.predictor, snr=c.snr, corrector_steps=c.corrector_steps)
+    if snapshots:
+        snapshot_states(c.num_steps, snapshots)  # Validates the count.
+        kwargs["snapshots"] = snapshots
     return functools.partial(SAMPLERS[c.sampler], **kwargs)
 
 

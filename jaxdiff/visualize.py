@@ -115,18 +115,64 @@ def write_progress(samples_dir: str) -> tuple[str, str] | None:
     png = os.path.join(samples_dir, "progress.png")
     gif = os.path.join(samples_dir, "progress.gif")
     save_png(png, np.asarray(montage))
-    # One second per grid, the last held for three; loop forever.
-    durations = [1000] * (len(frames) - 1) + [3000]
+    # One second per grid, the last held for three.
+    save_gif(gif, frames, 1000, 3000)
+    return png, gif
+
+
+def save_gif(path: str, frames: list[Image.Image], duration_ms: int, last_ms: int) -> None:
+    """Writes a looping GIF atomically: each frame for duration_ms, the last for last_ms."""
+    durations = [duration_ms] * (len(frames) - 1) + [last_ms]
     frames[0].save(
-        gif + ".tmp",
+        path + ".tmp",
         format="GIF",
         save_all=True,
         append_images=frames[1:],
         duration=durations,
         loop=0,
     )
-    os.replace(gif + ".tmp", gif)
-    return png, gif
+    os.replace(path + ".tmp", path)
+
+
+def trajectory_strip(
+    frames: np.ndarray,
+    times: np.ndarray,
+    row_names: list[str] | None = None,
+    pad: int = 2,
+) -> np.ndarray:
+    """Snapshots of a few samples from noise to image: one row per sample, one column per time.
+
+    Args:
+      frames: (F, R, H, W, C) uint8, snapshot f of sample r.
+      times: (F,) the diffusion time of each snapshot, written above its column.
+      row_names: a name for each row (written on the left), or None.
+      pad: pixels between tiles.
+
+    Returns:
+      An HWC uint8 image (RGB with the captions).
+    """
+    num_frames, rows, h, w, c = frames.shape
+    tiles = np.swapaxes(frames, 0, 1).reshape(rows * num_frames, h, w, c)
+    grid = labeled_grid(tiles, row_names, pad) if row_names else image_grid(tiles, num_frames, pad)
+    margin = grid.shape[1] - (num_frames * (w + pad) + pad)
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid).convert("RGB")
+    font = _font(max(8, round((w + pad) * 0.33)))
+    # -0.00 would be noise: Euler-Maruyama's last step ends a hair below 0.
+    captions = [f"{max(float(t), 0.0):.2f}" for t in times]
+    measure = ImageDraw.Draw(picture)
+    boxes = [measure.textbbox((0, 0), caption, font=font) for caption in captions]
+    band = max(bottom - top for _, top, _, bottom in boxes) + 2 * pad + 2
+    canvas = Image.new("RGB", (picture.width, picture.height + band))
+    canvas.paste(picture, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    white = (255, 255, 255)
+    for column, (caption, (left, top, right, _)) in enumerate(zip(captions, boxes, strict=True)):
+        center = margin + pad + column * (w + pad) + w // 2
+        draw.text((center - (right - left) // 2 - left, pad - top), caption, fill=white, font=font)
+    if margin:
+        left, top, _, _ = draw.textbbox((0, 0), "t", font=font)
+        draw.text((pad - left, pad - top), "t", fill=white, font=font)
+    return np.asarray(canvas)
 
 
 def _padded(frame: Image.Image, width: int, height: int) -> Image.Image:
