@@ -21,6 +21,9 @@ NAMES = (
     "cifar10",
     "cifar10_cond",
     "cifar10_latent",
+    "classifier_mnist",
+    "classifier_fashion_mnist",
+    "classifier_cifar10",
 )
 VARIANTS = {
     "mnist_latent": ("cond",),

@@ -187,6 +187,9 @@ def get_config() -> ml_collections.ConfigDict:
     classifier.channels = (32, 64, 128)
     # Residual blocks per stage.
     classifier.num_res_blocks = 1
+    # GroupNorm groups at most (fewer where the channels do not divide); keep
+    # several channels per group (see jaxdiff/models/classifier.py).
+    classifier.norm_groups = 32
     # Label smoothing of the cross-entropy loss.
     classifier.label_smoothing = 0.0
     # Random translations: pad by this many pixels (reflecting) and crop back (0: off).
@@ -222,7 +225,7 @@ def get_config() -> ml_collections.ConfigDict:
     # evaluation resumes from the last complete call.
     evaluation.batch_size = 500
     # Real images the samples are compared with (FID, precision/recall); FID
-    # against the train split and the test-vs-train floor are reported beside it.
+    # against data.train_split and the reference-vs-train floor are reported beside it.
     evaluation.reference_split = "test"
     # Nearest neighbours that set the manifold radii of precision/recall.
     evaluation.nearest_k = 3

@@ -48,6 +48,8 @@ def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
     channels = tuple(c.channels)
     if not channels or min(channels) < 1:
         raise UserError(f"classifier.channels must be positive widths, got {channels}")
+    if c.norm_groups < 1:
+        raise UserError(f"classifier.norm_groups must be positive, got {c.norm_groups}")
     if c.num_res_blocks < 1:
         raise UserError(f"classifier.num_res_blocks must be positive, got {c.num_res_blocks}")
     if min(image_shape[:2]) < 2 ** (len(channels) - 1):
@@ -63,6 +65,7 @@ def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
         num_classes=num_classes,
         channels=channels,
         num_res_blocks=c.num_res_blocks,
+        norm_groups=c.norm_groups,
         dtype=jnp.bfloat16 if c.half_precision else jnp.float32,
     )
 

@@ -67,8 +67,9 @@ _TABLE_COLUMNS = (
 )
 
 
-def _check_eval_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
+def _check_eval_config(config: ml_collections.ConfigDict, experiment) -> None:
     e = config.eval
+    num_classes = experiment.num_classes
     for field in ("num_samples", "batch_size", "nearest_k", "bits_per_dim_steps"):
         if e[field] < 1:
             raise UserError(f"eval.{field} must be positive, got {e[field]}")
@@ -82,6 +83,11 @@ def _check_eval_config(config: ml_collections.ConfigDict, num_classes: int) -> N
         raise UserError(
             f"eval.batch_size={e.batch_size} must be a multiple of the {num_classes} classes "
             "(each call draws the same number of every class)"
+        )
+    if e.bits_per_dim_images and experiment.autoencoder is not None:
+        raise UserError(
+            "bits/dim needs a pixel-space model; this run is latent diffusion "
+            "(set --config.eval.bits_per_dim_images=0)"
         )
     if e.inception_weights and not os.path.isfile(os.path.expanduser(e.inception_weights)):
         raise UserError(f"eval.inception_weights: no such file {e.inception_weights}")
@@ -221,7 +227,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config = pipeline.config
     e = config.eval
     experiment = pipeline.experiment
-    _check_eval_config(config, experiment.num_classes)
+    _check_eval_config(config, experiment)
     classifier = load_classifier(classifier_workdir(config), config.data.dataset)
     settings = json.dumps(_sample_settings(pipeline), sort_keys=True)
     tag = hashlib.sha1(settings.encode()).hexdigest()[:10]
@@ -232,7 +238,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     sampling_seconds = time.perf_counter() - start
     data_args = (config.data.data_dir, config.data.download)
     reference = reference_features(classifier, e.reference_split, *data_args)
-    train = reference_features(classifier, "train", *data_args)
+    train = reference_features(classifier, config.data.train_split, *data_args)
     record: dict[str, Any] = {
         "step": pipeline.step,
         "num_samples": len(images),
@@ -245,10 +251,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     record.update(classifier_metrics(classifier, images, labels, reference, train, e.nearest_k))
     record["bits_per_dim"] = None
     if e.bits_per_dim_images:
-        record.update(_bits_per_dim(pipeline))
+        record["bits_per_dim"] = bits_per_dim_of_split(pipeline, e.bits_per_dim_images)
+        record["bits_per_dim_images"] = e.bits_per_dim_images
     record["fid_inception"] = None
     if e.inception_weights:
-        record["fid_inception"] = _inception_fid(config, images, directory)
+        record["fid_inception"] = inception_fid(e.inception_weights, images, config, directory)
     record["sampling_seconds"] = sampling_seconds
     record["seconds"] = time.perf_counter() - start
     record = {key: record[key] for key in RECORD_KEYS} | record
@@ -262,12 +269,90 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return record
 
 
-def _bits_per_dim(pipeline: Pipeline) -> dict[str, Any]:
-    raise NotImplementedError
+# Test images per compiled likelihood call.
+_LIKELIHOOD_BATCH = 250
 
 
-def _inception_fid(config, images, directory) -> float:
-    raise NotImplementedError
+def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "test") -> float:
+    """Mean bits/dim of the first `num_images` images of a split, by the probability-flow ODE.
+
+    Uniform dequantization and Hutchinson's trace estimator (`jaxdiff.likelihood`),
+    `eval.bits_per_dim_steps` Heun steps from `training.eps` to 1. A
+    conditional model is evaluated unconditionally (the null label).
+
+    Raises:
+      UserError: for latent diffusion, whose density is over latents, not pixels.
+    """
+    from jaxdiff import data, likelihood, parallel
+    from jaxdiff.models import make_score_fn
+
+    if pipeline.autoencoder is not None:
+        raise UserError("bits/dim needs a pixel-space model; this run is latent diffusion")
+    config = pipeline.config
+    experiment = pipeline.experiment
+    images, _ = data.load_split(
+        config.data.dataset, f"{split}[:{num_images}]", config.data.data_dir, config.data.download
+    )
+    batch = min(_LIKELIHOOD_BATCH, len(images))
+    num_classes = experiment.num_classes
+
+    @jax.jit
+    def per_example(params, key, batch_images):
+        labels = None
+        if num_classes:
+            labels = jax.numpy.full(batch_images.shape[:1], num_classes, jax.numpy.int32)
+        score_fn = make_score_fn(
+            experiment.model, params, experiment.sde, config.model, labels=labels
+        )
+        return likelihood.bits_per_dim(
+            key,
+            score_fn,
+            experiment.sde,
+            batch_images,
+            centered=config.data.centered,
+            num_steps=config.eval.bits_per_dim_steps,
+            eps=config.training.eps,
+        )
+
+    key = jax.random.fold_in(jax.random.key(config.seed), 7)
+    values = []
+    for index, start in enumerate(range(0, len(images), batch)):
+        chunk = images[start : start + batch]
+        padded = (
+            np.concatenate([chunk, chunk[: batch - len(chunk)]]) if len(chunk) < batch else chunk
+        )
+        bpd = parallel.to_host(per_example(pipeline.params, jax.random.fold_in(key, index), padded))
+        values.append(np.asarray(bpd)[: len(chunk)])
+        logger.info("eval: bits/dim of %d/%d images", start + len(chunk), len(images))
+    return float(np.mean(np.concatenate(values)))
+
+
+def inception_fid(
+    weights: str, images: np.ndarray, config: ml_collections.ConfigDict, cache_dir: str
+) -> float:
+    """FID in InceptionV3 pool3 features (pytorch-fid's weights) against the reference split.
+
+    The reference split's features are cached in `cache_dir`.
+    """
+    from jaxdiff import data
+    from jaxdiff.inception import inception_features, load_inception_params
+
+    variables = load_inception_params(os.path.expanduser(weights))
+    split = config.eval.reference_split
+    path = os.path.join(cache_dir, f"inception_{split.replace(':', '_')}.npz")
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            reference = cached["features"]
+    else:
+        real, _ = data.load_split(
+            config.data.dataset, split, config.data.data_dir, config.data.download
+        )
+        reference = inception_features(variables, real)
+        if jax.process_index() == 0:
+            with open(path + ".tmp", "wb") as f:
+                np.savez(f, features=reference)
+            os.replace(path + ".tmp", path)
+    return metrics.fid(inception_features(variables, images), reference)
 
 
 def read_records(directory: str) -> list[dict[str, Any]]:

@@ -127,3 +127,32 @@ def tiny_cond_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_latent_run(tmp_path_factory):
     return _train_tiny(tmp_path_factory, "mnist_latent", tiny_latent_overrides())
+
+
+def tiny_classifier_overrides() -> dict[str, object]:
+    """A feature classifier that trains in seconds and still beats chance clearly."""
+    return {
+        "data.train_split": "train[:1024]",
+        "classifier.channels": (8, 16),
+        "classifier.norm_groups": 2,
+        "classifier.num_steps": 300,
+        "classifier.batch_size": 32,
+        "classifier.warmup_steps": 20,
+        "classifier.learning_rate": 3e-3,
+        "classifier.log_every": 100,
+        "classifier.checkpoint_every": 100,
+        "classifier.ema_decay": 0.9,
+        "classifier.eval_split": "test[:500]",
+    }
+
+
+# The MNIST feature classifier of --mode=eval, trained once per session.
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    from configs import get_config
+    from jaxdiff.classifier import train_classifier
+
+    config = apply_overrides(get_config("classifier_mnist"), tiny_classifier_overrides())
+    workdir = tmp_path_factory.mktemp("classifier_mnist")
+    state = train_classifier(config, str(workdir))
+    return config, workdir, state

@@ -19,18 +19,20 @@ class _Block(nn.Module):
 
     channels: int
     stride: int
+    norm_groups: int
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.relu(nn.GroupNorm(group_count(x.shape[-1]), dtype=self.dtype)(x))
+        groups = self.norm_groups
+        h = nn.relu(nn.GroupNorm(group_count(x.shape[-1], groups), dtype=self.dtype)(x))
         skip = x
         if self.stride != 1 or x.shape[-1] != self.channels:
             # From the normalised input, as pre-activation ResNets do: the raw
             # stream's scale grows with depth.
             skip = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False, dtype=self.dtype)(h)
         h = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False, dtype=self.dtype)(h)
-        h = nn.relu(nn.GroupNorm(group_count(self.channels), dtype=self.dtype)(h))
+        h = nn.relu(nn.GroupNorm(group_count(self.channels, groups), dtype=self.dtype)(h))
         h = nn.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(h)
         return skip + h
 
@@ -45,6 +47,10 @@ class Classifier(nn.Module):
     num_classes: int
     channels: tuple[int, ...] = (32, 64, 128)
     num_res_blocks: int = 1
+    # GroupNorm groups (at most). One channel per group is instance norm, which
+    # makes the spatial mean of every normalised map the same for every image:
+    # the pooled features then carry little, so narrow nets need fewer groups.
+    norm_groups: int = 32
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -53,8 +59,9 @@ class Classifier(nn.Module):
         for level, width in enumerate(self.channels):
             for block in range(self.num_res_blocks):
                 stride = 2 if level > 0 and block == 0 else 1
-                h = _Block(width, stride, self.dtype)(h)
-        h = nn.relu(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+                h = _Block(width, stride, self.norm_groups, self.dtype)(h)
+        groups = group_count(h.shape[-1], self.norm_groups)
+        h = nn.relu(nn.GroupNorm(groups, dtype=self.dtype)(h))
         features = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
         logits = nn.Dense(self.num_classes)(features)
         return logits, features
