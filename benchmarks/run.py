@@ -174,7 +174,10 @@ def _flops(jitted, *args) -> float | None:
         return None
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and "flops" in cost else None
+    if not cost or "flops" not in cost:
+        print("no FLOP count: the CPU lowering reported no cost analysis", flush=True)
+        return None
+    return float(cost["flops"])
 
 
 def _compiled_memory_mb(compiled) -> float | None:
@@ -285,7 +288,7 @@ def main() -> None:
     images, labels = benchmark_images("mnist", args.data_npz_dir)
     cifar = None
 
-    rows = []
+    rows, failures = [], []
     device_name = jax.devices()[0].device_kind
     if on_cpu:
         device_name = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
@@ -302,12 +305,19 @@ def main() -> None:
             else:
                 side_images, side_labels = images, labels
             print(f"building {model_name} / {side} ...", flush=True)
-            if side == "jaxdiff":
-                built.append(JaxSide(MODELS[model_name](), args, side_images, side_labels))
-            else:
-                built.append(
-                    TorchSide(model_name, side == "torch_compile", args, side_images, side_labels)
-                )
+            try:
+                if side == "jaxdiff":
+                    built.append(JaxSide(MODELS[model_name](), args, side_images, side_labels))
+                else:
+                    built.append(
+                        TorchSide(
+                            model_name, side == "torch_compile", args, side_images, side_labels
+                        )
+                    )
+            except Exception as e:  # One side failing (e.g. a compiler bug) keeps the others.
+                message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                print(f"{model_name} / {side} failed: {type(e).__name__}: {message}", flush=True)
+                failures.append(f"{model_name} / {side}: {type(e).__name__}: {message}")
         jax_side = next((b for b in built if b.name == "jaxdiff"), None)
         if jax_side is not None:
             for other in built:
@@ -347,13 +357,19 @@ def main() -> None:
                 }
             )
             print(_line(rows[-1]), flush=True)
+        # After every model, so a run cut short keeps the rows it finished.
+        _write(rows, failures, args, device_name)
+    print(f"wrote {args.out}.json and {args.out}.md")
 
+
+def _write(rows, failures, args, device_name) -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(rows, f, indent=1)
     with open(args.out + ".md", "w") as f:
         f.write(_markdown(rows, args, device_name))
-    print(f"wrote {args.out}.json and {args.out}.md")
+        if failures:
+            f.write("Sides that failed to build:\n\n" + "".join(f"- {x}\n" for x in failures))
 
 
 def _line(row) -> str:
