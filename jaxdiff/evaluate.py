@@ -109,7 +109,8 @@ def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
         "batch_size": config.eval.batch_size,
         "sampling": json.loads(config.sampling.to_json()),
     }
-    for field in ("num_samples", "prompt", "samples_per_class", "save_individual"):
+    unused = ("num_samples", "prompt", "samples_per_class", "save_individual", "save_trajectory")
+    for field in (*unused, "trajectory_frames"):
         settings["sampling"].pop(field, None)
     if not pipeline.experiment.num_classes:
         settings["sampling"].pop("guidance_scale", None)

@@ -153,4 +153,4 @@ def test_unknown_config_variant(workdir):
 
 def test_unknown_mode(workdir):
     result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=eval2"])
-    assert_one_line_error(result, "train|sample")
+    assert_one_line_error(result, "train|sample|eval|plot")

@@ -70,6 +70,19 @@ SHRINK = {
     "autoencoder.steps_per_call": 1,
     # No sampler to compile during training (tests/test_api.py checks the grids).
     "training.sample_at_checkpoints": False,
+    # The feature classifier and --mode=eval (evaluation.md).
+    "classifier.channels": (8, 16),
+    "classifier.norm_groups": 2,
+    "classifier.num_steps": 4,
+    "classifier.batch_size": 16,
+    "classifier.log_every": 2,
+    "classifier.checkpoint_every": 2,
+    "classifier.steps_per_call": 1,
+    "classifier.eval_split": "test[:100]",
+    "eval.num_samples": 20,
+    "eval.batch_size": 10,
+    "eval.reference_split": "test[:100]",
+    "eval.bits_per_dim_steps": 3,
 }
 SHRINK_FLAGS = {name: "".join(str(value).split()) for name, value in SHRINK.items()}
 # What other commands get appended.
