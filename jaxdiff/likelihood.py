@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.errors import UserError
 from jaxdiff.losses import ScoreFn
@@ -34,6 +35,24 @@ def prior_log_prob(sde: SDE, z: jax.Array) -> jax.Array:
     return -0.5 * dim * math.log(2 * math.pi * var) - 0.5 * _sum_per_example(z**2) / var
 
 
+def time_grid(eps: float, num_steps: int) -> np.ndarray:
+    """The ODE's times from eps to 1 (num_steps + 1 points): geometric near 0, uniform near 1.
+
+    Near t = 0 the noise scale of every SDE changes like sqrt(t), so the flow
+    changes fastest there in relative terms: a uniform grid crosses [1e-5, 0.02]
+    in one step of 50, where a trained MNIST model's likelihood is decided
+    (50 uniform steps gave -27 bits/dim, which no density of dequantized data
+    can reach). Near t = 1 the VE SDE's log-std grows linearly in t, which a
+    uniform grid follows best. The points are equally spaced in
+    s(t) = log(t / eps) + log(1 / eps) t, which is each of these at its end.
+    """
+    fine = np.unique(np.concatenate([np.geomspace(eps, 1.0, 4096), np.linspace(eps, 1.0, 4096)]))
+    s = np.log(fine / eps) + np.log(1.0 / eps) * fine
+    grid = np.interp(np.linspace(s[0], s[-1], num_steps + 1), s, fine)
+    grid[0], grid[-1] = eps, 1.0
+    return grid
+
+
 def log_likelihood(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -47,8 +66,8 @@ def log_likelihood(
 ) -> tuple[jax.Array, jax.Array]:
     """log p_eps(x) by integrating the probability-flow ODE from t=eps to 1.
 
-    Heun's method (RK2) on the state (x, int div v) over
-    linspace(eps, 1, num_steps + 1), written as one `lax.scan`. Each velocity
+    Heun's method (RK2) on the state (x, int div v) over `time_grid(eps,
+    num_steps)`, written as one `lax.scan`. Each velocity
     evaluation is a `jax.jvp` through score_fn, which returns the velocity and
     the Jacobian-vector product together: NFE = 2 * num_steps (forward-mode
     passes) with Hutchinson, 2 * num_steps * D with the exact trace.
@@ -116,7 +135,7 @@ def log_likelihood(
         v2, div2 = velocity_and_div(y + h * v1, s)
         return (y + 0.5 * h * (v1 + v2), integral + 0.5 * h * (div1 + div2)), None
 
-    ts = jnp.linspace(eps, 1.0, num_steps + 1, dtype=x.dtype)
+    ts = jnp.asarray(time_grid(eps, num_steps), x.dtype)
     init = (x, jnp.zeros((batch,), x.dtype))
     (z, integral), _ = jax.lax.scan(step, init, (ts[:-1], ts[1:]))
     return prior_log_prob(sde, z) + integral, z
