@@ -171,11 +171,14 @@ def test_unet_dropout_only_in_training():
     config.model.dropout = 0.5
     model = create_model(config.model, (28, 28, 1))
     x, t = jax.random.normal(jax.random.key(0), (2, 28, 28, 1)), jnp.full((2,), 0.5)
-    variables = model.init(jax.random.key(0), x, t)
+    variables = jax.jit(model.init)(jax.random.key(0), x, t)
     # Zero-initialised output conv: perturb it so dropout can show in the output.
     params = jax.tree.map(lambda p: p + 0.01, variables["params"])
-    evaluate = lambda train, key: model.apply(  # noqa: E731
-        {"params": params}, x, t, train=train, rngs={"dropout": key}
+    evaluate = jax.jit(  # One compile per `train` instead of op-by-op dispatch.
+        lambda train, key: model.apply(
+            {"params": params}, x, t, train=train, rngs={"dropout": key}
+        ),
+        static_argnums=0,
     )
     np.testing.assert_array_equal(
         evaluate(False, jax.random.key(1)), evaluate(False, jax.random.key(2))
@@ -290,7 +293,8 @@ full_precision = jax.default_matmul_precision("highest")
 
 def random_params(module, *inputs):
     """Parameters drawn N(0, 0.5^2): no zero-initialised layer hides an error."""
-    params = module.init(jax.random.key(0), *inputs)["params"]
+    # Only the shapes are needed: eval_shape traces init without running it op by op.
+    params = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))["params"]
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(
@@ -369,7 +373,9 @@ def test_conditional_net_output_depends_on_the_label(config_module):
     model = create_model(config.model, (28, 28, 1), num_classes=10)
     x, t = jax.random.normal(jax.random.key(0), (3, 28, 28, 1)), jnp.full((3,), 0.5)
     params = random_params(model, x, t, jnp.zeros(3, jnp.int32))
-    out = lambda labels: model.apply({"params": params}, x, t, jnp.asarray(labels))  # noqa: E731
+    # Jitted: one compile instead of op-by-op dispatch of the whole net per call.
+    apply = jax.jit(lambda labels: model.apply({"params": params}, x, t, labels))
+    out = lambda labels: apply(jnp.asarray(labels))  # noqa: E731
     same, other, null = out([1, 1, 1]), out([2, 2, 2]), out([10, 10, 10])
     np.testing.assert_array_equal(same, out([1, 1, 1]))
     assert float(jnp.abs(same - other).max()) > 1e-3

@@ -62,10 +62,10 @@ def test_half_precision_keeps_float32_params_and_tracks_float32_output():
     half = create_model(config.model, image_shape, jnp.bfloat16)
     x = jax.random.uniform(jax.random.key(0), (4, *image_shape))
     t = jnp.asarray([0.01, 0.1, 0.5, 1.0])
-    params = full.init(jax.random.key(1), x, t)["params"]
+    params = jax.jit(full.init)(jax.random.key(1), x, t)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    out_full = full.apply({"params": params}, x, t)
-    out_half = half.apply({"params": params}, x, t)
+    out_full = jax.jit(full.apply)({"params": params}, x, t)
+    out_half = jax.jit(half.apply)({"params": params}, x, t)
     assert out_half.dtype == jnp.float32
     relative = float(jnp.linalg.norm(out_half - out_full) / jnp.linalg.norm(out_full))
     assert 0 < relative < 0.05  # bf16 rounding, not a different network
