@@ -100,6 +100,18 @@ def classifier_workdir(config: ml_collections.ConfigDict) -> str:
     )
 
 
+# Sampling fields the evaluation's samples do not depend on (the evaluation
+# sets the number and the classes itself; the rest are extra outputs).
+_SAMPLING_FIELDS_NOT_IN_SAMPLES = (
+    "num_samples",
+    "prompt",
+    "samples_per_class",
+    "save_individual",
+    "save_trajectory",
+    "trajectory_frames",
+)
+
+
 def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
     """What decides the evaluation's samples, beside the index of the call."""
     config = pipeline.config
@@ -109,8 +121,7 @@ def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
         "batch_size": config.eval.batch_size,
         "sampling": json.loads(config.sampling.to_json()),
     }
-    unused = ("num_samples", "prompt", "samples_per_class", "save_individual", "save_trajectory")
-    for field in (*unused, "trajectory_frames"):
+    for field in _SAMPLING_FIELDS_NOT_IN_SAMPLES:
         settings["sampling"].pop(field, None)
     if not pipeline.experiment.num_classes:
         settings["sampling"].pop("guidance_scale", None)

@@ -41,8 +41,14 @@ def stop_signals_caught() -> Iterator[None]:
             signal.signal(signum, handler)
 
     def record(signum, frame) -> None:
-        if _received:  # Asked twice: stop now, as if we had not caught it.
+        if _received:  # Asked twice: stop now, the way these signals stop a Python program.
             restore()
+            # Not through the handler that was there before: it need not be
+            # Python's default (a stale asyncio handler, left by a library's
+            # asyncio.run, ignores a second Ctrl-C once its loop is closed).
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         _received.append(signal.Signals(signum).name)

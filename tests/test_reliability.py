@@ -160,15 +160,23 @@ def test_sigterm_saves_exits_zero_and_resumes_to_the_same_parameters(
 
 
 def test_first_signal_is_recorded_and_a_second_one_acts_at_once():
-    with preemption.stop_signals_caught():
+    # A stale handler from a library (e.g. asyncio's, after an orbax restore in
+    # an earlier test) must not change what a second Ctrl-C does.
+    stale = lambda signum, frame: None  # noqa: E731
+    signal.signal(signal.SIGINT, stale)
+    try:
+        with preemption.stop_signals_caught():
+            assert preemption.stop_requested() is None
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt yet...
+            assert preemption.stop_requested() == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):  # ...but Ctrl-C twice is Python's own.
+                signal.raise_signal(signal.SIGINT)
         assert preemption.stop_requested() is None
-        signal.raise_signal(signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt yet...
-        assert preemption.stop_requested() == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):  # ...but Ctrl-C twice is Python's own.
-            signal.raise_signal(signal.SIGINT)
-    assert preemption.stop_requested() is None
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        # The handlers that were there before are back.
+        assert signal.getsignal(signal.SIGINT) is stale
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_random_hard_kills_never_lose_a_resumable_state(reference, tmp_path, cache_env):
