@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data, parallel, preemption
+from jaxdiff import data, parallel
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import check_optimization
@@ -29,7 +29,7 @@ from jaxdiff.loss_curve import write_loss_curves
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.state import TrainState, abstract_state, create_optimizer, init_state
-from jaxdiff.workdir import WorkdirLock, check_config, prepare_workdir, write_config
+from jaxdiff.workdir import training_workdir
 
 logger = logging.getLogger("jaxdiff")
 
@@ -147,15 +147,8 @@ def train_classifier(
     images, labels = data.load_split(
         config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download
     )
-    workdir = os.path.abspath(workdir)
-    prepare_workdir(workdir)
-    is_main = jax.process_index() == 0
-    check_config(config, workdir, allow_config_change)
-    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
-        if is_main:
-            write_config(config, workdir)
-        with preemption.stop_signals_caught():
-            return _train(config, model, mesh, workdir, images, labels)
+    with training_workdir(config, workdir, allow_config_change) as workdir:
+        return _train(config, model, mesh, workdir, images, labels)
 
 
 def _train(config, model, mesh, workdir, images, labels) -> TrainState:

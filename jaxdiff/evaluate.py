@@ -12,6 +12,7 @@ the run as a table row).
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -20,12 +21,15 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import metrics, samplers
+from jaxdiff import data, likelihood, metrics, samplers
 from jaxdiff.classifier import TrainedClassifier, load_classifier, reference_features
 from jaxdiff.errors import UserError
+from jaxdiff.experiment import Experiment
+from jaxdiff.models import make_score_fn
 from jaxdiff.pipeline import Pipeline, load
 
 logger = logging.getLogger("jaxdiff")
@@ -67,7 +71,7 @@ _TABLE_COLUMNS = (
 )
 
 
-def _check_eval_config(config: ml_collections.ConfigDict, experiment) -> None:
+def _check_eval_config(config: ml_collections.ConfigDict, experiment: Experiment) -> None:
     e = config.eval
     num_classes = experiment.num_classes
     for field in ("num_samples", "batch_size", "nearest_k", "bits_per_dim_steps"):
@@ -295,9 +299,6 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
     Raises:
       UserError: for latent diffusion, whose density is over latents, not pixels.
     """
-    from jaxdiff import data, likelihood, parallel
-    from jaxdiff.models import make_score_fn
-
     if pipeline.autoencoder is not None:
         raise UserError("bits/dim needs a pixel-space model; this run is latent diffusion")
     config = pipeline.config
@@ -312,7 +313,7 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
     def per_example(params, key, batch_images):
         labels = None
         if num_classes:
-            labels = jax.numpy.full(batch_images.shape[:1], num_classes, jax.numpy.int32)
+            labels = jnp.full(batch_images.shape[:1], num_classes, jnp.int32)
         score_fn = make_score_fn(
             experiment.model, params, experiment.sde, config.model, labels=labels
         )
@@ -327,16 +328,12 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
         )
 
     key = jax.random.fold_in(jax.random.key(config.seed), 7)
-    values = []
-    for index, start in enumerate(range(0, len(images), batch)):
-        chunk = images[start : start + batch]
-        padded = (
-            np.concatenate([chunk, chunk[: batch - len(chunk)]]) if len(chunk) < batch else chunk
-        )
-        bpd = parallel.to_host(per_example(pipeline.params, jax.random.fold_in(key, index), padded))
-        values.append(np.asarray(bpd)[: len(chunk)])
-        logger.info("eval: bits/dim of %d/%d images", start + len(chunk), len(images))
-    return float(np.mean(np.concatenate(values)))
+    keys = (jax.random.fold_in(key, index) for index in itertools.count())
+    logger.info("eval: bits/dim of %d images", len(images))
+    bpd = data.map_in_chunks(
+        lambda chunk: per_example(pipeline.params, next(keys), chunk), images, batch
+    )
+    return float(np.mean(bpd))
 
 
 def inception_fid(
@@ -346,8 +343,7 @@ def inception_fid(
 
     The reference split's features are cached in `cache_dir`.
     """
-    from jaxdiff import data
-    from jaxdiff.inception import inception_features, load_inception_params
+    from jaxdiff.inception import inception_features, load_inception_params  # Only with weights.
 
     variables = load_inception_params(os.path.expanduser(weights))
     split = config.eval.reference_split

@@ -1,6 +1,5 @@
 """Training: `train_and_evaluate(config, workdir)` and the pure step it is built from."""
 
-import contextlib
 import functools
 import logging
 import os
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import conditioning, data, latent, parallel, preemption, sample
+from jaxdiff import conditioning, data, latent, parallel, sample
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.loop import TrainCall, apply_update, compile_train_call, run_training
@@ -28,7 +27,7 @@ from jaxdiff.state import (
     create_optimizer,
     create_train_state,
 )
-from jaxdiff.workdir import WorkdirLock, check_config, prepare_workdir, write_config
+from jaxdiff.workdir import training_workdir
 
 logger = logging.getLogger("jaxdiff")
 
@@ -138,17 +137,10 @@ def train_and_evaluate(
     images, labels = data.load_split(
         config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download
     )
-    workdir = os.path.abspath(workdir)
-    prepare_workdir(workdir)
-    is_main = jax.process_index() == 0
-    check_config(config, workdir, allow_config_change)
-    # Only process 0 locks: the other processes of a multi-host job share the workdir.
-    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
-        if is_main:
-            write_config(config, workdir)
+    with training_workdir(config, workdir, allow_config_change) as workdir:
+        if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        with preemption.stop_signals_caught():
-            return _train(experiment, workdir, images, labels)
+        return _train(experiment, workdir, images, labels)
 
 
 def _train(

@@ -5,15 +5,19 @@ kernel when the process dies, so a killed run leaves no stale lock) and
 refuses to resume with a config that would change what is learned.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import jax
 import ml_collections
 
+from jaxdiff import preemption
 from jaxdiff.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -128,6 +132,28 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: 
             f"the config differs from the one {workdir} was trained with ({listed}); "
             "use another --workdir, or pass --allow_config_change to resume with the new config"
         )
+
+
+@contextlib.contextmanager
+def training_workdir(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> Iterator[str]:
+    """What every training run does around its loop; yields the absolute workdir.
+
+    Creates the workdir, refuses a resume with a changed config (unless
+    allowed), locks it and writes `config.json` (process 0 only: the other
+    processes of a multi-host job share the workdir), and records stop
+    signals for the duration (see `preemption`).
+    """
+    workdir = os.path.abspath(workdir)
+    prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+    check_config(config, workdir, allow_config_change)
+    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        if is_main:
+            write_config(config, workdir)
+        with preemption.stop_signals_caught():
+            yield workdir
 
 
 class WorkdirLock:

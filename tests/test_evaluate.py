@@ -26,7 +26,6 @@ def test_random_translate_crops_the_reflect_padded_image_at_the_drawn_offset():
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     for i, (dy, dx) in enumerate(offsets):
         np.testing.assert_array_equal(shifted[i], padded[i, dy : dy + 5, dx : dx + 6])
-    # Zero shift (offset = pad) is the identity.
     assert shifted.shape == images.shape
 
 
