@@ -1,5 +1,7 @@
 """Score networks: output shapes, and parameter counts re-derived layer by layer."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,12 @@ from configs import (
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, make_score_fn
-from jaxdiff.models.layers import GaussianFourierProjection, MultiHeadAttention, SpatialTransformer
+from jaxdiff.models.layers import (
+    ConvTranspose,
+    GaussianFourierProjection,
+    MultiHeadAttention,
+    SpatialTransformer,
+)
 from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
 
@@ -150,6 +157,81 @@ def test_seed_net_transposed_convs_reach_every_skip_size_on_cifar():
     config.model.name = "seed_unet"
     _, out_shape = init_shapes(create_model(config.model, (32, 32, 3)), (32, 32, 3))
     assert out_shape == (2, 32, 32, 3)
+
+
+def numpy_conv_transpose(x, kernel, stride, size):
+    """Flax's VALID transposed conv by its definition: input pixel i adds its
+    kernel-weighted values at stride * i + a, with the kernel flipped, then
+    zeros to `size` (PyTorch's output_padding)."""
+    n, h, w, _ = x.shape
+    k = kernel.shape[0]
+    y = np.zeros((n, *size, kernel.shape[-1]))
+    flipped = kernel[::-1, ::-1]
+    for i in range(h):
+        for j in range(w):
+            patch = np.einsum("nc,abco->nabo", x[:, i, j], flipped)
+            y[:, stride * i : stride * i + k, stride * j : stride * j + k] += patch
+    return y
+
+
+# The seed decoder's transposed convs (input side, stride, output side), fewer channels.
+@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12), (12, 2, 26), (26, 1, 28)])
+def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(side, stride, size):
+    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
+    layer = ConvTranspose(4, stride=stride)
+    params = layer.init(jax.random.key(0), x, (size, size))
+
+    def flax_layer(params, x):  # The reference: flax's layer, padded at the end.
+        h = nn.ConvTranspose(4, (3, 3), (stride, stride), "VALID", use_bias=False).apply(params, x)
+        return jnp.pad(h, ((0, 0), (0, size - h.shape[1]), (0, size - h.shape[2]), (0, 0)))
+
+    # Same parameter (so the same checkpoints) and the same function.
+    flax_params = nn.ConvTranspose(4, (3, 3), (stride, stride), "VALID", use_bias=False).init(
+        jax.random.key(0), x
+    )
+    np.testing.assert_array_equal(params["params"]["kernel"], flax_params["params"]["kernel"])
+    ours = lambda params, x: layer.apply(params, x, (size, size))  # noqa: E731
+    y = ours(params, x)
+    kernel = np.asarray(params["params"]["kernel"], np.float64)
+    np.testing.assert_allclose(
+        y, numpy_conv_transpose(np.asarray(x, np.float64), kernel, stride, (size, size)), atol=1e-5
+    )
+    # Reverse mode (training) and forward mode (likelihood's jvp) agree with flax's.
+    cotangent = jax.random.normal(jax.random.key(2), y.shape)
+    grads = jax.grad(lambda p, x: jnp.vdot(ours(p, x), cotangent), (0, 1))(params, x)
+    ref = jax.grad(lambda p, x: jnp.vdot(flax_layer(p, x), cotangent), (0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
+    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
+    _, jvp = jax.jvp(ours, (params, x), tangents)
+    _, ref_jvp = jax.jvp(flax_layer, (params, x), tangents)
+    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_conv_lowers_to_the_convolutions_cudnn_runs_fast():
+    """Forward: a reversed kernel over the dilated input (cuDNN backward data);
+    kernel gradient: no dilated input (cuDNN backward filter). Written as a
+    plain `lax.conv_transpose`, the kernel gradient convolves the dilated input."""
+    x, layer = jnp.ones((2, 12, 12, 3)), ConvTranspose(4, stride=2)
+    params = layer.init(jax.random.key(0), x, (26, 26))
+    forward = jax.jit(lambda p: layer.apply(p, x, (26, 26))).lower(params).as_text()
+    convs = [line for line in forward.splitlines() if "stablehlo.convolution" in line]
+    assert len(convs) == 1 and "lhs_dilate = [2, 2]" in convs[0]
+    kernel_operand = re.search(r"convolution\(%\w+, (%\w+)\)", convs[0]).group(1)
+    assert f"{kernel_operand} = stablehlo.reverse" in forward
+    gradients = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x, (26, 26)) ** 2), (0, 1)))
+    backward = [
+        line
+        for line in gradients.lower(params, x).as_text().splitlines()
+        if "stablehlo.convolution" in line
+    ]
+    assert len(backward) == 3  # forward, input gradient, kernel gradient
+    assert sum("lhs_dilate = [1, 1]" in line for line in backward) == 2
+
+
+def test_transposed_conv_rejects_an_unreachable_size():
+    x = jnp.ones((1, 5, 5, 2))
+    with pytest.raises(ValueError, match=re.escape("gives 11..12, not 14")):
+        ConvTranspose(3, stride=2).init(jax.random.key(0), x, (14, 14))
 
 
 def test_fourier_features_are_fixed_and_not_trained():

@@ -1,11 +1,13 @@
 """Building blocks shared by the score networks."""
 
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 Dtype = jnp.dtype
 
@@ -170,3 +172,117 @@ class ClassContext(nn.Module):
 def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
     """Nearest-neighbour resize of an NHWC map to (height, width)."""
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="nearest")
+
+
+# The forward convolution a transposed convolution is the input gradient of. Its
+# kernel is laid out (h, w, out, in) so that it has the transposed conv's own
+# (h, w, in, out) shape.
+_FORWARD_CONV_DIMS = ("NHWC", "HWOI", "NHWC")
+
+
+def _forward_conv(y: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        y, w, (stride, stride), "VALID", dimension_numbers=_FORWARD_CONV_DIMS
+    )
+
+
+def _transpose_of_conv(x: jax.Array, w: jax.Array, stride: int, out_shape: tuple) -> jax.Array:
+    """x through the transpose of `_forward_conv(., w)`: linear in x."""
+    spec = jax.ShapeDtypeStruct(out_shape, x.dtype)
+    return jax.linear_transpose(lambda y: _forward_conv(y, w, stride), spec)(x)[0]
+
+
+def _transpose_of_conv_in_kernel(
+    x: jax.Array, dw: jax.Array, stride: int, out_shape: tuple
+) -> jax.Array:
+    """The same map as a linear function of the kernel, written as the transpose
+    of the forward conv's kernel gradient, so that reverse mode transposes it
+    back into that kernel gradient."""
+    spec = jax.ShapeDtypeStruct(out_shape, x.dtype)
+
+    def kernel_gradient(dy):
+        return jax.linear_transpose(lambda w: _forward_conv(dy, w, stride), dw)(x)[0]
+
+    return jax.linear_transpose(kernel_gradient, spec)(dw)[0]
+
+
+def _flip(kernel: jax.Array) -> jax.Array:
+    # The barrier keeps XLA from cancelling this flip against the one in the
+    # transposed conv: the GPU compiler recognises a cuDNN backward-data
+    # convolution only when the kernel is visibly reversed.
+    return jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def conv_transpose(
+    x: jax.Array, kernel: jax.Array, stride: int, output_size: tuple[int, int]
+) -> jax.Array:
+    """VALID transposed convolution of NHWC `x` to `output_size`, as the seed's layer.
+
+    The same function as `flax.linen.ConvTranspose(padding="VALID")` with
+    `kernel` (h, w, in, out), zero-padded at the end to `output_size`
+    (PyTorch's `output_padding`). It is written as the input gradient of a
+    strided convolution, with its own derivative rule, because of how XLA
+    differentiates a transposed convolution: the kernel gradient of
+    `lax.conv_transpose` is a convolution of the input-dilated activations,
+    which XLA runs as a slow generic convolution (pathologically so on the CPU),
+    and XLA:GPU runs the forward pass as a forward convolution over a dilated
+    input unless the kernel is reversed. Here the forward pass is cuDNN's
+    backward-data convolution and the kernel gradient its backward-filter one,
+    as in PyTorch. Forward and reverse mode both work.
+    """
+    return _transpose_of_conv(x, _flip(kernel), stride, _out_shape(x, kernel, stride, output_size))
+
+
+def _out_shape(x, kernel, stride, output_size) -> tuple:
+    height, width = output_size
+    for size, in_size, k in zip((height, width), x.shape[1:3], kernel.shape[:2], strict=True):
+        smallest = stride * (in_size - 1) + k
+        if not smallest <= size < smallest + stride:
+            raise ValueError(
+                f"a stride-{stride} transposed {k}x{k} conv of size {in_size} gives "
+                f"{smallest}..{smallest + stride - 1}, not {size}"
+            )
+    return (x.shape[0], height, width, kernel.shape[-1])
+
+
+def _conv_transpose_jvp(stride, output_size, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    out_shape = _out_shape(x, kernel, stride, output_size)
+    w = _flip(kernel)
+    y = _transpose_of_conv(x, w, stride, out_shape)
+    parts = []
+    if not isinstance(dx, SymbolicZero):
+        parts.append(_transpose_of_conv(dx, w, stride, out_shape))
+    if not isinstance(dkernel, SymbolicZero):
+        parts.append(_transpose_of_conv_in_kernel(x, jnp.flip(dkernel, (0, 1)), stride, out_shape))
+    return y, sum(parts) if parts else jnp.zeros_like(y)
+
+
+conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
+
+
+class ConvTranspose(nn.Module):
+    """The seed's transposed convolution (VALID, no bias) to a given output size.
+
+    Same parameter as `flax.linen.ConvTranspose` ("kernel", (h, w, in, out),
+    LeCun-normal), and so the same parameter path and checkpoints; computed by
+    `conv_transpose`.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (*self.kernel_size, x.shape[-1], self.features),
+        )
+        return conv_transpose(
+            x.astype(self.dtype), kernel.astype(self.dtype), self.stride, tuple(output_size)
+        )

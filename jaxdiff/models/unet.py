@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxdiff.models.layers import (
     ClassContext,
+    ConvTranspose,
     Dtype,
     ResBlock,
     SelfAttentionBlock,
@@ -72,17 +73,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
         if self.upsample == "resize":
             h = resize_to(h, *target)
             return nn.Conv(features, (3, 3), padding="SAME", use_bias=bias, dtype=self.dtype)(h)
-        h = nn.ConvTranspose(
-            features,
-            (3, 3),
-            strides=(stride, stride),
-            padding="VALID",
-            use_bias=False,
-            dtype=self.dtype,
-        )(h)
-        # PyTorch's output_padding: extra rows/cols at the end that no kernel tap
-        # reaches, i.e. zeros before the bias.
-        h = jnp.pad(h, ((0, 0), (0, target[0] - h.shape[1]), (0, target[1] - h.shape[2]), (0, 0)))
+        h = ConvTranspose(features, stride=stride, dtype=self.dtype)(h, target)
         if bias:
             h = h + self.param("bias", nn.initializers.zeros, (features,)).astype(h.dtype)
         return h
