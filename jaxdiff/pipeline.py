@@ -27,7 +27,7 @@ from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
 from jaxdiff.sample import make_sample_fn, sample_key, sample_labels, trajectory_times
 from jaxdiff.state import abstract_train_state, create_optimizer
-from jaxdiff.workdir import CONFIG_FILE
+from jaxdiff.workdir import CONFIG_FILE, check_model_config
 
 logger = logging.getLogger("jaxdiff")
 
@@ -296,11 +296,14 @@ def load(
 
     Raises:
       UserError: no checkpoint, no such step (the message lists the steps
-        there), a config that does not fit the checkpoint.
+        there), a config that describes another model than the run's
+        config.json or does not fit the checkpoint.
     """
     workdir = os.path.abspath(workdir)
     # A given config is checked before the workdir, as the command line does.
     experiment = None if config is None else create_experiment(config)
+    if config is not None:
+        check_model_config(config, workdir)
     checkpointer = Checkpointer(workdir, create=False)
     try:
         available = checkpointer.all_steps()

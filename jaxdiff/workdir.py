@@ -119,6 +119,45 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
     return changes
 
 
+# Fields that decide what a trained run's parameters compute: sampling or
+# evaluating a run with a config that differs in one of them would load
+# parameters of another network (or read the same ones as another function).
+DEFINE_THE_MODEL = (
+    "model.",
+    "sde.",
+    "data.dataset",
+    "data.centered",
+    "autoencoder.enabled",
+    "autoencoder.channels",
+    "autoencoder.num_res_blocks",
+    "autoencoder.latent_channels",
+    "autoencoder.variational",
+)
+
+
+def check_model_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses to load a run with a config that describes another model than its config.json.
+
+    Raises:
+      UserError: naming every such field, with the overrides that match the run.
+    """
+    changes = [c for c in config_changes(config, workdir) if c[0].startswith(DEFINE_THE_MODEL)]
+    if changes:
+        listed = "; ".join(f"{field} {old!r} there, {new!r} here" for field, old, new in changes)
+        overrides = " ".join(f"--config.{field}={_flag_value(old)}" for field, old, _ in changes)
+        raise UserError(
+            f"{workdir} was trained with another model than this config describes ({listed}); "
+            f"add {overrides}"
+        )
+
+
+def _flag_value(value: Any) -> str:
+    """A config.json value as a --config override spells it."""
+    if isinstance(value, list):
+        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
     """Refuses to resume a workdir whose config.json differs from `config` where it matters.
 

@@ -1,5 +1,7 @@
 """The Python API: jaxdiff.load / Pipeline, jaxdiff.train, configs.get_config, progress images."""
 
+import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -191,6 +193,19 @@ def test_errors_are_user_errors_with_one_clear_message(tiny_run, tiny_cond_run, 
     with pytest.raises(jaxdiff.UserError, match=r"no config.json in .*pass the run's config"):
         jaxdiff.load(tmp_path)
     assert jaxdiff.load(tmp_path, config=tiny_run[0]).step == 4
+    # A config of another model than the run's config.json (here the same
+    # parameters read as another function) is refused with the overrides to use.
+    other = copy.deepcopy(tiny_run[0])
+    other.model.preconditioning, other.model.channels = "none", (8, 16, 16, 32)
+    with pytest.raises(
+        jaxdiff.UserError,
+        match=re.escape(
+            "(model.channels [8, 16, 16, 16] there, [8, 16, 16, 32] here; "
+            "model.preconditioning 'edm' there, 'none' here); add "
+            "--config.model.channels=(8,16,16,16) --config.model.preconditioning=edm"
+        ),
+    ):
+        jaxdiff.load(workdir, config=other)
 
 
 def test_train_is_train_and_evaluate(tiny_run):

@@ -226,10 +226,17 @@ def test_eight_devices_give_the_same_step_as_one():
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=5e-4)
 
 
-def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained):
+def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained, tmp_path):
     _, workdir, _ = trained
     before = snapshot(workdir)
-    # The default MNIST channels (32/64/128/256) instead of the tiny run's.
+    # The default MNIST sizes (channels 32/64/128/256, ...) instead of the tiny run's:
+    # config.json names the fields and the overrides that match the run.
     result = run_main(["--config=configs/mnist.py", f"--workdir={workdir}", "--mode=sample"])
-    assert_one_line_error(result, "does not fit this config", "config.json")
+    assert_one_line_error(
+        result, "was trained with another model", "--config.model.channels=(8,16,16,16)"
+    )
     assert snapshot(workdir) == before
+    # Without config.json the checkpoint's own shapes are compared.
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    result = run_main(["--config=configs/mnist.py", f"--workdir={tmp_path}", "--mode=sample"])
+    assert_one_line_error(result, "does not fit this config", "config.json")
