@@ -3,10 +3,12 @@
     python benchmarks/precision_probe.py --model=seed_uncond --batch=1024
 
 Times jaxdiff's train call in both precisions (median of `--repeats` runs of
-`--steps` steps, the two precisions in turns), then traces `--trace_steps`
-steps of each with `jax.profiler` and sums the device time of every XLA
-kernel in the trace. Prints the total per precision and the kernels that
-account for the difference, and writes the table as JSON (`--out`).
+`--steps` steps, the two precisions in turns; `--precisions` picks), then
+traces `--trace_steps` steps of each with `jax.profiler` and sums the device
+time of every XLA kernel in the trace. Prints the total per precision, the
+model FLOPs utilisation on a device with a known peak (FLOPs counted as in
+benchmarks/run.py), and the kernels that account for the difference, and
+writes the table as JSON (`--out`).
 """
 
 import argparse
@@ -25,7 +27,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from run import MODELS, benchmark_images
+from run import MODELS, benchmark_images, peak_flops, train_step_flops
 
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
@@ -46,9 +48,10 @@ def build(model_name: str, batch: int, half_precision: bool, steps: int, images,
     state = create_train_state(key, experiment.model, experiment.data_shape, tx)
     dataset = data.to_device(images, labels, experiment.mesh)
     call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
+    flops = train_step_flops(experiment, tx, state, key, dataset)
     state, metrics = call(state, key, dataset)
     jax.block_until_ready(metrics)
-    return {"call": call, "state": state, "key": key, "dataset": dataset}
+    return {"call": call, "state": state, "key": key, "dataset": dataset, "flops": flops}
 
 
 def run(side) -> None:
@@ -97,11 +100,17 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--out", default="benchmarks/results/precision_probe.json")
     parser.add_argument("--data_npz_dir", default="", help="as in benchmarks/run.py")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 or both"
+    )
     args = parser.parse_args()
+    precisions = args.precisions.split(",")
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        sys.exit(f"error: --precisions takes fp32 and/or bf16, got {args.precisions!r}")
     dataset = "cifar10" if args.model.startswith("cifar10") else "mnist"
     images, labels = benchmark_images(dataset, args.data_npz_dir)
     sides = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         start = time.perf_counter()
         sides[precision] = build(
             args.model, args.batch, precision == "bf16", args.steps, images, labels
@@ -114,12 +123,23 @@ def main() -> None:
             run(side)
             times[precision].append((time.perf_counter() - start) / args.steps)
     result = {"model": args.model, "batch": args.batch, "device": jax.devices()[0].device_kind}
-    for precision in sides:
+    for precision, side in sides.items():
         ms = 1000 * statistics.median(times[precision])
         result[f"{precision}_ms_per_step"] = ms
-        print(f"{precision}: {ms:.2f} ms/step ({args.batch / ms * 1000:,.0f} img/s)", flush=True)
-    result["bf16_over_fp32"] = result["bf16_ms_per_step"] / result["fp32_ms_per_step"]
-    print(f"bf16 / fp32 step time: {result['bf16_over_fp32']:.3f}", flush=True)
+        line = f"{precision}: {ms:.2f} ms/step ({args.batch / ms * 1000:,.0f} img/s)"
+        flops, peak = side["flops"], peak_flops(precision)
+        result["gflops_per_step"] = None if flops is None else flops / 1e9
+        if flops is not None:
+            line += f", {flops / 1e9:,.1f} GFLOP/step"
+            if peak is not None:
+                result[f"{precision}_mfu"] = flops / (ms / 1000) / peak
+                line += (
+                    f", MFU {100 * result[f'{precision}_mfu']:.1f}% of {peak / 1e12:.0f} TFLOP/s"
+                )
+        print(line, flush=True)
+    if len(sides) == 2:
+        result["bf16_over_fp32"] = result["bf16_ms_per_step"] / result["fp32_ms_per_step"]
+        print(f"bf16 / fp32 step time: {result['bf16_over_fp32']:.3f}", flush=True)
 
     kernels = {}
     for precision, side in sides.items():
@@ -129,17 +149,22 @@ def main() -> None:
         kernels[precision] = {name: us / per_step for name, us in totals.items()}
         total_ms = sum(kernels[precision].values()) / 1000
         print(f"{precision}: traced device time {total_ms:.2f} ms/step", flush=True)
-    names = set(kernels["fp32"]) | set(kernels["bf16"])
-    rows = sorted(
-        ((kernels["bf16"].get(n, 0.0) - kernels["fp32"].get(n, 0.0), n) for n in names),
-        reverse=True,
-    )
-    print(f"kernels by extra bf16 time (us/step), top {args.top} and bottom {args.top}:")
-    for diff, name in rows[: args.top] + rows[-args.top :]:
-        print(
-            f"  {diff:+9.1f}  fp32 {kernels['fp32'].get(name, 0.0):9.1f}  "
-            f"bf16 {kernels['bf16'].get(name, 0.0):9.1f}  {name[:110]}"
+    if len(sides) == 2:
+        names = set(kernels["fp32"]) | set(kernels["bf16"])
+        rows = sorted(
+            ((kernels["bf16"].get(n, 0.0) - kernels["fp32"].get(n, 0.0), n) for n in names),
+            reverse=True,
         )
+        print(f"kernels by extra bf16 time (us/step), top {args.top} and bottom {args.top}:")
+        for diff, name in rows[: args.top] + rows[-args.top :]:
+            print(
+                f"  {diff:+9.1f}  fp32 {kernels['fp32'].get(name, 0.0):9.1f}  "
+                f"bf16 {kernels['bf16'].get(name, 0.0):9.1f}  {name[:110]}"
+            )
+    for precision, times_us in kernels.items():
+        print(f"{precision}: top {args.top} kernels (us/step):")
+        for name, us in sorted(times_us.items(), key=lambda kv: -kv[1])[: args.top]:
+            print(f"  {us:9.1f}  {name[:120]}")
     result["kernels_us_per_step"] = kernels
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

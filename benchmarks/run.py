@@ -115,20 +115,7 @@ class JaxSide:
         self.dataset = data.to_device(images, labels, experiment.mesh)
         self.key = key
         self.train_call = make_train_call(experiment.model, experiment.sde, tx, c, experiment.mesh)
-        # FLOPs of one step, from the lowered program (see the module docstring).
-        one_step = jax.jit(
-            lambda state, key, dataset: train_step(
-                state,
-                key,
-                dataset,
-                model=experiment.model,
-                sde=experiment.sde,
-                tx=tx,
-                config=c,
-                batch_sharding=parallel.batch_sharded(experiment.mesh),
-            )
-        )
-        self.flops_per_step = _flops(one_step, self.state, key, self.dataset)
+        self.flops_per_step = train_step_flops(experiment, tx, self.state, key, self.dataset)
 
         num_classes = experiment.num_classes
         sample_labels = (
@@ -158,6 +145,23 @@ class JaxSide:
 
     def sample(self):
         jax.block_until_ready(self.sample_fn(self.state.ema_params, self.key))
+
+
+def train_step_flops(experiment, tx, state, key, dataset) -> float | None:
+    """FLOPs of one train step of `experiment`, from its lowered program (see `_flops`)."""
+    one_step = jax.jit(
+        lambda state, key, dataset: train_step(
+            state,
+            key,
+            dataset,
+            model=experiment.model,
+            sde=experiment.sde,
+            tx=tx,
+            config=experiment.config,
+            batch_sharding=parallel.batch_sharded(experiment.mesh),
+        )
+    )
+    return _flops(one_step, state, key, dataset)
 
 
 def _flops(jitted, *args) -> float | None:
