@@ -50,9 +50,9 @@ def _config(module, **training):
     return config
 
 
-def _seed_transpose():
-    config = _config(mnist, steps_per_call=1)
-    config.model.name = "seed_unet"
+def _resize_decoder(module):
+    config = _config(module, steps_per_call=1)
+    config.model.name = "seed_unet_resize"
     return config
 
 
@@ -69,7 +69,9 @@ ROWS = {
     "mnist_latent": (lambda: _config(mnist_latent, steps_per_call=1), None),
     "fashion_mnist_latent": (lambda: _config(fashion_mnist_latent, steps_per_call=1), None),
     "cifar10_latent": (lambda: _config(cifar10_latent, steps_per_call=1), None),
-    "mnist_seed_unet_transpose": (_seed_transpose, None),
+    # The MNIST nets with the other decoder: resize + 3x3 conv instead of transposed convs.
+    "mnist_seed_unet_resize": (lambda: _resize_decoder(mnist), None),
+    "mnist_cond_seed_unet_resize": (lambda: _resize_decoder(mnist_cond), None),
     "mnist_4_steps_per_call_python_loop": (lambda: _config(mnist, steps_per_call=4), True),
     "mnist_4_steps_per_call_lax_scan": (lambda: _config(mnist, steps_per_call=4), False),
 }

@@ -15,10 +15,10 @@ from jaxdiff.models.unet import SeedUNet, UNet
 from jaxdiff.sde import SDE, _bcast
 
 MODELS = {
-    # The seed's net exactly as published (transposed-conv decoder); the
-    # benchmark against the PyTorch original uses it.
+    # The seed's net as published (transposed-conv decoder): the MNIST configs'
+    # and the benchmark against the PyTorch original.
     "seed_unet": functools.partial(SeedUNet, upsample="transpose"),
-    # Same layers, decoder upsamples by resize + conv: 1.3x faster to train on CPU.
+    # Same parameters, decoder upsamples by resize + 3x3 conv (4x the work).
     "seed_unet_resize": functools.partial(SeedUNet, upsample="resize"),
     "unet": UNet,
 }

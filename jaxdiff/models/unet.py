@@ -48,10 +48,11 @@ class SeedUNet(nn.Module, ConditioningMixin):
     Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2) with the time embedding
     added after each conv, GroupNorm (4 groups at the first level, 32 elsewhere),
     swish. Decoder mirrors it with additive skips. `upsample` picks the decoder's
-    upsampling: "transpose" is the original transposed convolution; "resize" is
-    nearest-neighbour resize to the skip's size + 3x3 SAME conv, which trains
-    1.3x faster on XLA:CPU (benchmarks/train_throughput.py), whose transposed-conv
-    gradients are slow.
+    upsampling: "transpose" is the original transposed convolution (see
+    `layers.conv_transpose` for how it is computed); "resize" is
+    nearest-neighbour resize to the skip's size + 3x3 SAME conv, four times the
+    work at the same parameter count, and 1.43-1.48x slower to train on XLA:CPU
+    (benchmarks/results/upsampling_cpu.json).
 
     Conditional (`num_classes > 0`): a spatial transformer follows every encoder
     level and decoder level whose side is in `attention_resolutions`.
@@ -60,7 +61,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
     channels: Sequence[int] = (32, 64, 128, 256)
     embed_dim: int = 256
     fourier_scale: float = 30.0
-    upsample: str = "resize"
+    upsample: str = "transpose"
     num_classes: int = 0
     attention_resolutions: Sequence[int] = (5, 2)
     num_heads: int = 1
