@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import mnist
 from jaxdiff.train import train_and_evaluate
 
 from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
@@ -193,6 +195,8 @@ print(json.dumps({
     "loss": np.asarray(metrics["loss"]).tolist(),
     "grad_norm": np.asarray(metrics["grad_norm"]).tolist(),
     "params": [np.asarray(p).ravel().tolist() for p in jax.tree.leaves(state.params)],
+    "names": [jax.tree_util.keystr(k)
+              for k, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]],
 }))
 """
 
@@ -218,12 +222,17 @@ def test_eight_devices_give_the_same_step_as_one():
     # Step 2's loss depends on step 1's update, so it checks the update too.
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
     np.testing.assert_allclose(eight["grad_norm"], one["grad_norm"], rtol=1e-4)
-    # Adam divides by the gradient's RMS, so it turns the rounding noise of
-    # gradients that are nearly 0 (time-embedding biases that GroupNorm mostly
-    # cancels) into updates of up to ~lr/7: parameters agree to a quarter of
-    # one step (lr = 2e-3), not bit for bit.
-    for a, b in zip(one["params"], eight["params"], strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=5e-4)
+    # Parameters agree to rounding, except the time-embedding projections added
+    # before a GroupNorm of one channel per group (every level but the first in
+    # this 8/16-channel net): GroupNorm cancels them, so their true gradient is 0
+    # and Adam, dividing by the gradient's RMS, turns rounding noise into
+    # updates. Those only stay within Adam's step size (lr per step; 2 steps).
+    lr = mnist.get_config().training.learning_rate
+    for name, a, b in zip(one["names"], one["params"], eight["params"], strict=True):
+        if re.fullmatch(r"\['Dense_[1-9]'\]\['(bias|kernel)'\]", name):
+            assert np.abs(np.subtract(b, a)).max() <= 2 * lr, name
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained, tmp_path):
