@@ -174,8 +174,9 @@ def numpy_conv_transpose(x, kernel, stride, size):
     return y
 
 
-# The seed decoder's transposed convs (input side, stride, output side), fewer channels.
-@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12), (12, 2, 26), (26, 1, 28)])
+# Two of the seed decoder's transposed convs (input side, stride, output side),
+# fewer channels: stride 2 with PyTorch's output_padding, and stride 1.
+@pytest.mark.parametrize("side,stride,size", [(5, 2, 12), (26, 1, 28)])
 def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(side, stride, size):
     x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
     layer = ConvTranspose(4, stride=stride)

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from configs import mnist
+from jaxdiff.errors import UserError
+from jaxdiff.pipeline import load
 from jaxdiff.train import train_and_evaluate
 
 from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
@@ -247,5 +249,5 @@ def test_sample_with_a_config_that_does_not_fit_the_checkpoint(trained, tmp_path
     assert snapshot(workdir) == before
     # Without config.json the checkpoint's own shapes are compared.
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
-    result = run_main(["--config=configs/mnist.py", f"--workdir={tmp_path}", "--mode=sample"])
-    assert_one_line_error(result, "does not fit this config", "config.json")
+    with pytest.raises(UserError, match=r"does not fit this config: .* config.json"):
+        load(str(tmp_path), config=mnist.get_config())

@@ -227,9 +227,11 @@ def conv_transpose(
     `lax.conv_transpose` is a convolution of the input-dilated activations,
     which XLA runs as a slow generic convolution (pathologically so on the CPU),
     and XLA:GPU runs the forward pass as a forward convolution over a dilated
-    input unless the kernel is reversed. Here the forward pass is cuDNN's
-    backward-data convolution and the kernel gradient its backward-filter one,
-    as in PyTorch. Forward and reverse mode both work.
+    input unless the kernel is reversed. Written this way, the forward pass has
+    the form XLA:GPU hands to cuDNN's backward-data convolution and the kernel
+    gradient the form it hands to backward-filter, as PyTorch runs them (the
+    GPU speed is not measured yet; benchmarks/conv_transpose.py measures both
+    forms). Forward and reverse mode both work.
     """
     return _transpose_of_conv(x, _flip(kernel), stride, _out_shape(x, kernel, stride, output_size))
 
