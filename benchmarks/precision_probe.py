@@ -128,7 +128,7 @@ def main() -> None:
         result[f"{precision}_ms_per_step"] = ms
         line = f"{precision}: {ms:.2f} ms/step ({args.batch / ms * 1000:,.0f} img/s)"
         flops, peak = side["flops"], peak_flops(precision)
-        result["gflops_per_step"] = None if flops is None else flops / 1e9
+        result[f"{precision}_gflops_per_step"] = None if flops is None else flops / 1e9
         if flops is not None:
             line += f", {flops / 1e9:,.1f} GFLOP/step"
             if peak is not None:

@@ -144,11 +144,22 @@ def check_model_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     changes = [c for c in config_changes(config, workdir) if c[0].startswith(DEFINE_THE_MODEL)]
     if changes:
         listed = "; ".join(f"{field} {old!r} there, {new!r} here" for field, old, new in changes)
-        overrides = " ".join(f"--config.{field}={_flag_value(old)}" for field, old, _ in changes)
+        overrides = " ".join(
+            f"--config.{field}={_flag_value(_run_value(field, old))}" for field, old, _ in changes
+        )
         raise UserError(
             f"{workdir} was trained with another model than this config describes ({listed}); "
             f"add {overrides}"
         )
+
+
+def _run_value(field: str, stored: Any) -> Any:
+    """What the run used: its config.json value, or for a field added since, the default."""
+    if stored != "<absent>":
+        return stored
+    from configs import default
+
+    return _flatten(config_as_dict(default.get_config()))[field]
 
 
 def _flag_value(value: Any) -> str:

@@ -1,6 +1,7 @@
 """The Python API: jaxdiff.load / Pipeline, jaxdiff.train, configs.get_config, progress images."""
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -206,6 +207,16 @@ def test_errors_are_user_errors_with_one_clear_message(tiny_run, tiny_cond_run, 
         ),
     ):
         jaxdiff.load(workdir, config=other)
+    # A run from before a field existed used its default: that is the override named.
+    older = tmp_path / "older"
+    older.mkdir()
+    stored = json.loads((workdir / "config.json").read_text())
+    del stored["model"]["preconditioning"]
+    (older / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(
+        jaxdiff.UserError, match=r"'<absent>' there.*--config.model.preconditioning=edm"
+    ):
+        jaxdiff.load(older, config=other)
 
 
 def test_train_is_train_and_evaluate(tiny_run):
