@@ -20,12 +20,13 @@ from configs import (
 )
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
-from jaxdiff.models import create_model, make_score_fn
+from jaxdiff.models import create_model, layers, make_score_fn
 from jaxdiff.models.layers import (
     ConvTranspose,
     GaussianFourierProjection,
     MultiHeadAttention,
     SpatialTransformer,
+    strided_conv_general_dilated,
 )
 from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
@@ -208,25 +209,87 @@ def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(si
     np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
 
 
-def test_transposed_conv_lowers_to_the_convolutions_cudnn_runs_fast():
+# The seed decoder's 2->5 (where XLA:CPU's dilated convolution is slow), and
+# 5->12 with output padding.
+@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12)])
+@pytest.mark.parametrize("form", ["_overlap_add", "_transpose_of_conv"])
+def test_both_platform_forms_of_the_transposed_conv_are_its_definition(form, side, stride, size):
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, side, side, 3)))
+    kernel = np.asarray(jax.random.normal(jax.random.key(2), (3, 3, 3, 4)))
+    # Both forms take the kernel of the forward conv they are the adjoint of.
+    y = getattr(layers, form)(x, kernel[::-1, ::-1], stride, (2, size, size, 4))
+    expected = numpy_conv_transpose(x.astype(np.float64), kernel, stride, (size, size))
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def _convolutions(lowered_text):
+    return [line for line in lowered_text.splitlines() if "stablehlo.convolution" in line]
+
+
+def test_transposed_conv_lowers_for_gpu_to_the_convolutions_cudnn_runs_fast():
     """Forward: a reversed kernel over the dilated input (cuDNN backward data);
     kernel gradient: no dilated input (cuDNN backward filter). Written as a
     plain `lax.conv_transpose`, the kernel gradient convolves the dilated input."""
     x, layer = jnp.ones((2, 12, 12, 3)), ConvTranspose(4, stride=2)
     params = layer.init(jax.random.key(0), x, (26, 26))
-    forward = jax.jit(lambda p: layer.apply(p, x, (26, 26))).lower(params).as_text()
-    convs = [line for line in forward.splitlines() if "stablehlo.convolution" in line]
+
+    def for_gpu(fn, *args):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    forward = for_gpu(lambda p: layer.apply(p, x, (26, 26)), params)
+    convs = _convolutions(forward)
     assert len(convs) == 1 and "lhs_dilate = [2, 2]" in convs[0]
     kernel_operand = re.search(r"convolution\(%\w+, (%\w+)\)", convs[0]).group(1)
     assert f"{kernel_operand} = stablehlo.reverse" in forward
-    gradients = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x, (26, 26)) ** 2), (0, 1)))
-    backward = [
-        line
-        for line in gradients.lower(params, x).as_text().splitlines()
-        if "stablehlo.convolution" in line
-    ]
+    loss = lambda p, x: jnp.sum(layer.apply(p, x, (26, 26)) ** 2)  # noqa: E731
+    backward = _convolutions(for_gpu(jax.grad(loss, (0, 1)), params, x))
     assert len(backward) == 3  # forward, input gradient, kernel gradient
     assert sum("lhs_dilate = [1, 1]" in line for line in backward) == 2
+
+
+def test_seed_net_training_step_has_no_dilated_convolution_on_cpu():
+    """XLA:CPU runs input-dilated convolutions from a 2x2 map 15x slower than
+    their work needs: on CPU the seed net's transposed convs and the input
+    gradients of its strided convs are matmuls and overlap-adds instead."""
+    model = create_model(mnist.get_config().model, (28, 28, 1))
+    x, t = jnp.ones((2, 28, 28, 1)), jnp.ones((2,))
+    params = jax.eval_shape(model.init, jax.random.key(0), x, t)
+
+    def loss(params, x):
+        return jnp.sum(model.apply(params, x, t) ** 2)
+
+    cpu = _convolutions(jax.jit(jax.grad(loss, (0, 1))).lower(params, x).as_text())
+    assert cpu and not [line for line in cpu if "lhs_dilate = [1, 1]" not in line]
+
+
+# The seed encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
+# transposed conv) and a middle one, fewer channels.
+@pytest.mark.parametrize("side", [5, 12])
+def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):
+    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
+
+    def conv(**kwargs):
+        return nn.Conv(4, (3, 3), 2, "VALID", use_bias=False, **kwargs)
+
+    ours = conv(conv_general_dilated=strided_conv_general_dilated)
+    params = ours.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, params, conv().init(jax.random.key(0), x))
+    y = ours.apply(params, x)
+    np.testing.assert_allclose(y, conv().apply(params, x), atol=1e-5)
+    cotangent = jax.random.normal(jax.random.key(2), y.shape)
+    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
+    ref = jax.grad(lambda p, x: jnp.vdot(conv().apply(p, x), cotangent), (0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
+    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
+    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
+    _, ref_jvp = jax.jvp(conv().apply, (params, x), tangents)
+    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_conv_rejects_what_it_does_not_compute():
+    layer = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=strided_conv_general_dilated)
+    with pytest.raises(ValueError, match="NHWC VALID convolution"):
+        layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
 
 
 def test_transposed_conv_rejects_an_unreachable_size():

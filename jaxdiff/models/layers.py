@@ -174,6 +174,24 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="nearest")
 
 
+# The seed net's convolutions. Its encoder's VALID strided convs and its
+# decoder's transposed convs are adjoint to each other, and differentiating one
+# gives the other; XLA picks slow forms for some of what that produces:
+#  - the kernel gradient of `lax.conv_transpose` is a convolution of the
+#    input-dilated activations, which XLA runs as a slow generic convolution;
+#  - XLA:GPU hands a transposed conv to cuDNN's backward-data kernel only when
+#    the kernel is visibly reversed, and a kernel gradient to backward-filter
+#    only when no input is dilated;
+#  - XLA:CPU runs a transposed conv from a 2x2 map (an input-dilated conv:
+#    the seed's deepest level, both as the decoder's first layer and as the
+#    input gradient of the encoder's last conv) at a fifteenth of its usual
+#    rate: 21.7 ms at batch 64, where the same work as one matmul and an
+#    overlap-add takes 1.4 ms (benchmarks/conv_transpose.py).
+# So a transposed conv is computed as the adjoint of a strided conv, with the
+# adjoint's form chosen per platform (`_conv_adjoint`), and each layer's
+# derivative rule is written so that reverse mode transposes it into the forms
+# above (`conv_transpose`, `strided_conv`).
+
 # The forward convolution a transposed convolution is the input gradient of. Its
 # kernel is laid out (h, w, out, in) so that it has the transposed conv's own
 # (h, w, in, out) shape.
@@ -190,6 +208,50 @@ def _transpose_of_conv(x: jax.Array, w: jax.Array, stride: int, out_shape: tuple
     """x through the transpose of `_forward_conv(., w)`: linear in x."""
     spec = jax.ShapeDtypeStruct(out_shape, x.dtype)
     return jax.linear_transpose(lambda y: _forward_conv(y, w, stride), spec)(x)[0]
+
+
+def _overlap_add(x: jax.Array, w: jax.Array, stride: int, out_shape: tuple) -> jax.Array:
+    """`_transpose_of_conv` as XLA:CPU runs it fast: one matmul gives each input
+    pixel's contribution to each kernel tap, `taps[i, j, a, b]`, which lands
+    on output pixel (stride * i + a, stride * j + b). Those are summed per
+    output phase (row and column mod stride) on the input-sized grid, and the
+    phases interleaved, so the full-size output is written once."""
+    n, height, width = x.shape[:3]
+    kh, kw, _, channels = w.shape
+    taps = jax.lax.dot_general(x, w, (((3,), (2,)), ((), ())))  # (n, h, w, kh, kw, channels)
+    rows, cols = -(-out_shape[1] // stride), -(-out_shape[2] // stride)  # phase grid
+    zero = jnp.zeros((), x.dtype)
+    phases = []
+    for r in range(stride):
+        phase_row = []
+        for c in range(stride):
+            acc = jnp.zeros((n, rows, cols, channels), x.dtype)
+            for a in range(r, kh, stride):
+                for b in range(c, kw, stride):
+                    t, u = (a - r) // stride, (b - c) // stride  # shift on the phase grid
+                    pads = [
+                        (0, 0, 0),
+                        (t, rows - height - t, 0),
+                        (u, cols - width - u, 0),
+                        (0, 0, 0),
+                    ]
+                    acc = acc + jax.lax.pad(taps[:, :, :, a, b], zero, pads)
+            phase_row.append(acc)
+        phases.append(jnp.stack(phase_row, axis=3))  # (n, rows, cols, c, channels)
+    interleaved = jnp.stack(phases, axis=2).reshape(n, rows * stride, cols * stride, channels)
+    return interleaved[:, : out_shape[1], : out_shape[2]]
+
+
+def _conv_adjoint(x: jax.Array, w: jax.Array, stride: int, out_shape: tuple) -> jax.Array:
+    """`_transpose_of_conv` in the form each platform runs fast: on CPU
+    `_overlap_add`; elsewhere the convolution XLA:GPU hands to cuDNN's
+    backward-data kernel."""
+    return jax.lax.platform_dependent(
+        x,
+        w,
+        cpu=functools.partial(_overlap_add, stride=stride, out_shape=out_shape),
+        default=functools.partial(_transpose_of_conv, stride=stride, out_shape=out_shape),
+    )
 
 
 def _transpose_of_conv_in_kernel(
@@ -221,19 +283,16 @@ def conv_transpose(
 
     The same function as `flax.linen.ConvTranspose(padding="VALID")` with
     `kernel` (h, w, in, out), zero-padded at the end to `output_size`
-    (PyTorch's `output_padding`). It is written as the input gradient of a
-    strided convolution, with its own derivative rule, because of how XLA
-    differentiates a transposed convolution: the kernel gradient of
-    `lax.conv_transpose` is a convolution of the input-dilated activations,
-    which XLA runs as a slow generic convolution (pathologically so on the CPU),
-    and XLA:GPU runs the forward pass as a forward convolution over a dilated
-    input unless the kernel is reversed. Written this way, the forward pass has
-    the form XLA:GPU hands to cuDNN's backward-data convolution and the kernel
-    gradient the form it hands to backward-filter, as PyTorch runs them (the
-    GPU speed is not measured yet; benchmarks/conv_transpose.py measures both
-    forms). Forward and reverse mode both work.
+    (PyTorch's `output_padding`). It is computed as the adjoint of a strided
+    convolution, in the form each platform runs fast, with its own derivative
+    rule: on GPU the forward pass has the form XLA hands to cuDNN's
+    backward-data convolution and the kernel gradient the form it hands to
+    backward-filter, as PyTorch runs them; on CPU the forward pass is a matmul
+    and an overlap-add (see the comment above `_forward_conv` for why, and
+    benchmarks/conv_transpose.py for the speed). Forward and reverse mode both
+    work.
     """
-    return _transpose_of_conv(x, _flip(kernel), stride, _out_shape(x, kernel, stride, output_size))
+    return _conv_adjoint(x, _flip(kernel), stride, _out_shape(x, kernel, stride, output_size))
 
 
 def _out_shape(x, kernel, stride, output_size) -> tuple:
@@ -253,7 +312,7 @@ def _conv_transpose_jvp(stride, output_size, primals, tangents):
     dx, dkernel = tangents
     out_shape = _out_shape(x, kernel, stride, output_size)
     w = _flip(kernel)
-    y = _transpose_of_conv(x, w, stride, out_shape)
+    y = _conv_adjoint(x, w, stride, out_shape)
     parts = []
     if not isinstance(dx, SymbolicZero):
         parts.append(_transpose_of_conv(dx, w, stride, out_shape))
@@ -263,6 +322,70 @@ def _conv_transpose_jvp(stride, output_size, primals, tangents):
 
 
 conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def strided_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """VALID convolution of NHWC `x` with an HWIO `kernel` at `stride`, no bias.
+
+    The same function as `flax.linen.Conv(padding="VALID", use_bias=False)`;
+    its input gradient is computed as `conv_transpose` computes its value (see
+    the comment above `_forward_conv`). Forward and reverse mode both work.
+    """
+    return _forward_conv(x, kernel.transpose(0, 1, 3, 2), stride)
+
+
+def _strided_conv_jvp(stride, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    w = kernel.transpose(0, 1, 3, 2)
+    y = _forward_conv(x, w, stride)
+    parts = []
+    if not isinstance(dx, SymbolicZero):
+        # Linear in dx, written as the transpose of the input gradient so that
+        # reverse mode runs `_conv_adjoint`.
+        spec = jax.ShapeDtypeStruct(y.shape, x.dtype)
+        input_gradient = lambda dy: _conv_adjoint(dy, w, stride, x.shape)  # noqa: E731
+        parts.append(jax.linear_transpose(input_gradient, spec)(dx)[0])
+    if not isinstance(dkernel, SymbolicZero):
+        parts.append(_forward_conv(x, dkernel.transpose(0, 1, 3, 2), stride))
+    return y, sum(parts) if parts else jnp.zeros_like(y)
+
+
+strided_conv.defjvp(_strided_conv_jvp, symbolic_zeros=True)
+
+
+def strided_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+) -> jax.Array:
+    """`strided_conv` behind `lax.conv_general_dilated`'s signature, for
+    `flax.linen.Conv(..., conv_general_dilated=...)`: a layer keeps flax's
+    parameters (and so its checkpoints). Only what `strided_conv` computes,
+    an NHWC VALID convolution with equal strides and no dilation, is accepted."""
+    del precision  # The default, as flax passes it.
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if (
+        padding != "VALID"
+        or not plain
+        or feature_group_count != 1
+        or len(set(window_strides)) != 1
+        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+    ):
+        raise ValueError(
+            "strided_conv takes an NHWC VALID convolution with equal strides and no "
+            f"dilation or groups, not padding={padding!r} strides={window_strides} "
+            f"dilations={lhs_dilation},{rhs_dilation} groups={feature_group_count}"
+        )
+    return strided_conv(lhs, rhs, window_strides[0])
 
 
 class ConvTranspose(nn.Module):

@@ -22,6 +22,7 @@ from jaxdiff.models.layers import (
     TimeEmbedding,
     group_count,
     resize_to,
+    strided_conv_general_dilated,
 )
 
 
@@ -101,7 +102,15 @@ class SeedUNet(nn.Module, ConditioningMixin):
         encoder = []
         for level, channels in enumerate(self.channels):
             stride = 1 if level == 0 else 2
-            h = nn.Conv(channels, (3, 3), stride, "VALID", use_bias=False, dtype=self.dtype)(h)
+            h = nn.Conv(
+                channels,
+                (3, 3),
+                stride,
+                "VALID",
+                use_bias=False,
+                dtype=self.dtype,
+                conv_general_dilated=strided_conv_general_dilated,
+            )(h)
             h = attend(add_time_and_normalize(h, groups=4 if level == 0 else 32))
             encoder.append(h)
         # Decoder: up to each encoder level's size, then add that level's activation.
