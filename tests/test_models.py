@@ -262,11 +262,10 @@ def test_seed_net_training_step_has_no_dilated_convolution_on_cpu():
     assert cpu and not [line for line in cpu if "lhs_dilate = [1, 1]" not in line]
 
 
-# The seed encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
-# transposed conv) and a middle one, fewer channels.
-@pytest.mark.parametrize("side", [5, 12])
-def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):
-    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
+def test_strided_conv_is_flax_conv_in_value_and_both_derivatives():
+    # The seed encoder's deepest conv (5 -> 2, whose input gradient is a
+    # 2x2 -> 5x5 transposed conv), fewer channels.
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 3))
 
     def conv(**kwargs):
         return nn.Conv(4, (3, 3), 2, "VALID", use_bias=False, **kwargs)

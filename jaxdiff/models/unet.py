@@ -46,13 +46,14 @@ class ConditioningMixin:
 class SeedUNet(nn.Module, ConditioningMixin):
     """The seed's MNIST score network, layer for layer.
 
-    Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2) with the time embedding
+    Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2; computed by
+    `layers.strided_conv`) with the time embedding
     added after each conv, GroupNorm (4 groups at the first level, 32 elsewhere),
     swish. Decoder mirrors it with additive skips. `upsample` picks the decoder's
     upsampling: "transpose" is the original transposed convolution (see
     `layers.conv_transpose` for how it is computed); "resize" is
     nearest-neighbour resize to the skip's size + 3x3 SAME conv, four times the
-    work at the same parameter count, and 1.43-1.48x slower to train on XLA:CPU
+    work at the same parameter count, and 1.70-2.09x slower to train on XLA:CPU
     (benchmarks/results/upsampling_cpu.json).
 
     Conditional (`num_classes > 0`): a spatial transformer follows every encoder
