@@ -378,21 +378,23 @@ def strided_conv_general_dilated(
     """`strided_conv` behind `lax.conv_general_dilated`'s signature, for
     `flax.linen.Conv(..., conv_general_dilated=...)`: a layer keeps flax's
     parameters (and so its checkpoints). Only what `strided_conv` computes,
-    an NHWC VALID convolution with equal strides and no dilation, is accepted."""
-    del precision  # The default, as flax passes it.
+    an NHWC VALID convolution with equal strides, no dilation, no groups and
+    the default precision, is accepted."""
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
     if (
         padding != "VALID"
         or not plain
         or feature_group_count != 1
+        or precision is not None
         or len(set(window_strides)) != 1
         or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
     ):
         raise ValueError(
-            "strided_conv takes an NHWC VALID convolution with equal strides and no "
-            f"dilation or groups, not padding={padding!r} strides={window_strides} "
-            f"dilations={lhs_dilation},{rhs_dilation} groups={feature_group_count}"
+            "strided_conv takes an NHWC VALID convolution with equal strides, no "
+            f"dilation, groups or precision, not padding={padding!r} strides={window_strides} "
+            f"dilations={lhs_dilation},{rhs_dilation} groups={feature_group_count} "
+            f"precision={precision}"
         )
     return strided_conv(lhs, rhs, window_strides[0])
 
