@@ -50,6 +50,8 @@ def tiny_overrides() -> dict[str, object]:
         "training.warmup_steps": 2,
         "training.log_every": 2,
         "training.checkpoint_every": 2,
+        # One step per compiled call, not two: half the program to compile.
+        "training.steps_per_call": 1,
         "sampling.num_samples": 4,
         "sampling.num_steps": 5,
     }
@@ -98,6 +100,7 @@ def tiny_latent_overrides() -> dict[str, object]:
         "autoencoder.checkpoint_every": 2,
         "autoencoder.eval_split": "test[:100]",
         "model.channels": (16, 16),
+        "autoencoder.steps_per_call": 1,
     }
 
 

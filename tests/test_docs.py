@@ -2,7 +2,7 @@
 
 docs/README.md ("How these pages are tested") describes the rules to readers:
 bash blocks run line by line, page after page, in one scratch directory, with
-SHRINK_FLAGS inserted after `--config=...`; `# error: ...` after a command
+SHRINK (or LATENT_SHRINK) inserted after `--config=...`; `# error: ...` after a command
 means it must fail with exactly that line; a page's python blocks run as one
 script afterwards; `bash ci` blocks must be in .ci/run.
 """
@@ -33,13 +33,12 @@ CHAINS = [
         "variants.md",
         "samplers_and_sdes.md",
         "evaluation.md",
-        "performance.md",
-        "benchmarks.md",
         "scaling.md",
         "checkpoints.md",
         "troubleshooting.md",
     ],
-    ["conditioning.md", "latent_diffusion.md"],
+    # About as long as the first chain (the benchmark pages use no run).
+    ["conditioning.md", "latent_diffusion.md", "performance.md", "benchmarks.md"],
 ]
 PAGES = [
     "quickstart.md",
@@ -65,9 +64,6 @@ SHRINK = {
     "model.channels": (8, 16, 16, 16),
     "model.context_dim": 16,
     "sampling.samples_per_class": 2,
-    # One step per compiled call: a quarter of the program to compile.
-    "training.steps_per_call": 1,
-    "autoencoder.steps_per_call": 1,
     # No sampler to compile during training (tests/test_api.py checks the grids).
     "training.sample_at_checkpoints": False,
     # The feature classifier and --mode=eval (evaluation.md).
@@ -84,7 +80,15 @@ SHRINK = {
     "eval.reference_split": "test[:100]",
     "eval.bits_per_dim_steps": 3,
 }
-SHRINK_FLAGS = {name: "".join(str(value).split()) for name, value in SHRINK.items()}
+# The latent configs' U-Net sees 7x7 latents: two levels compile in half the time.
+LATENT_SHRINK = {**SHRINK, "model.channels": tiny_latent_overrides()["model.channels"]}
+
+
+def shrink_overrides(config_name: str) -> dict[str, object]:
+    """The overrides for a config named by path or name."""
+    return LATENT_SHRINK if "latent" in config_name else SHRINK
+
+
 # What other commands get appended.
 OTHER_SHRINKS = {
     "benchmarks/train_throughput.py": ["--batch_size=8", "--repeats=1"],
@@ -97,7 +101,9 @@ import configs
 from tests.conftest import apply_overrides
 
 _get_config = configs.get_config
-configs.get_config = lambda name: apply_overrides(_get_config(name), {SHRINK!r})
+configs.get_config = lambda name: apply_overrides(
+    _get_config(name), {LATENT_SHRINK!r} if "latent" in name else {SHRINK!r}
+)
 """
 
 FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -137,9 +143,10 @@ def shrink(command: str) -> str:
         # A field the command sets itself keeps the command's value (given twice,
         # absl would concatenate tuples rather than replace them).
         own = set(re.findall(r"--config\.([\w.]+)=", command))
+        overrides = shrink_overrides(re.search(r"--config=(\S+)", command).group(1))
         flags = " ".join(
-            shlex.quote(f"--config.{name}={value}")
-            for name, value in SHRINK_FLAGS.items()
+            shlex.quote(f"--config.{name}={''.join(str(value).split())}")
+            for name, value in overrides.items()
             if name not in own
         )
         # absl wants the overrides after --config.
