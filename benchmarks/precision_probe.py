@@ -31,7 +31,7 @@ from run import MODELS, benchmark_images, peak_flops, train_step_flops
 
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_train_state
+from jaxdiff.state import create_optimizer, create_replicated_train_state
 from jaxdiff.train import make_train_call
 
 
@@ -45,7 +45,7 @@ def build(model_name: str, batch: int, half_precision: bool, steps: int, images,
     config = experiment.config
     tx = create_optimizer(config.training)
     key = jax.random.key(0)
-    state = create_train_state(key, experiment.model, experiment.data_shape, tx)
+    state = create_replicated_train_state(key, experiment, tx)
     dataset = data.to_device(images, labels, experiment.mesh)
     call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
     flops = train_step_flops(experiment, tx, state, key, dataset)

@@ -40,7 +40,7 @@ from configs import (
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params
-from jaxdiff.state import create_optimizer, create_train_state
+from jaxdiff.state import create_optimizer, create_replicated_train_state
 from jaxdiff.train import make_train_call
 
 
@@ -89,9 +89,7 @@ def prepare(config, python_loop):
     else:
         dataset = data.to_device(images, labels, experiment.mesh)
     tx = create_optimizer(config.training)
-    state = jax.jit(
-        lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx)
-    )(jax.random.key(0))
+    state = create_replicated_train_state(jax.random.key(0), experiment, tx)
     call = make_train_call(
         experiment.model, experiment.sde, tx, config, experiment.mesh, python_loop
     )

@@ -102,3 +102,18 @@ def abstract_train_state(experiment: Experiment, tx: optax.GradientTransformatio
         lambda: create_train_state(jax.random.key(0), experiment.model, experiment.data_shape, tx),
         experiment.mesh,
     )
+
+
+def create_replicated_train_state(
+    key: jax.Array, experiment: Experiment, tx: optax.GradientTransformation
+) -> TrainState:
+    """`create_train_state` for the experiment's model, replicated over its mesh.
+
+    Placed as the train call returns it, so that the call compiled for the
+    first step is the one every later step reuses; a state created outside
+    `jax.jit` has another sharding, and the second call would compile again.
+    """
+    return jax.jit(
+        lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
+        out_shardings=parallel.replicated(experiment.mesh),
+    )(key)

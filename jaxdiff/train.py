@@ -25,7 +25,7 @@ from jaxdiff.state import (
     TrainState,
     abstract_train_state,
     create_optimizer,
-    create_train_state,
+    create_replicated_train_state,
 )
 from jaxdiff.workdir import training_workdir
 
@@ -170,10 +170,7 @@ def _train(
             state = checkpointer.restore(abstract_state, set_aside=True)
             logger.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
         else:
-            state = jax.jit(
-                lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
-                out_shardings=jax.tree.map(lambda s: s.sharding, abstract_state),
-            )(init_key)
+            state = create_replicated_train_state(init_key, experiment, tx)
         logger.info(
             "%s: %s with %s parameters, %d training %s of shape %s, %d device(s)",
             config.data.dataset,

@@ -1,5 +1,6 @@
 """The real train_and_evaluate on a shrunken config and real MNIST data."""
 
+import concurrent.futures
 import json
 import os
 import re
@@ -179,21 +180,31 @@ from configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_train_state
+from jaxdiff.state import create_optimizer, create_replicated_train_state
 from jaxdiff.train import make_train_call
 
 config = apply_overrides(mnist.get_config(), tiny_overrides())
-config.training.steps_per_call = 2
 experiment = create_experiment(config)
 images, labels = data.load_split("mnist", "train[:100]")  # 100 rows: padded to 104 on 8 devices
 dataset = data.to_device(images, labels, experiment.mesh)
 tx = create_optimizer(config.training)
-state = jax.jit(lambda k: create_train_state(k, experiment.model, experiment.data_shape, tx))(
-    jax.random.key(0))
+state = create_replicated_train_state(jax.random.key(0), experiment, tx)
 call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-state, metrics = call(state, jax.random.key(1), dataset)
+compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: compiles.append(event)
+    if event == "/jax/core/compile/backend_compile_duration" else None
+)
+steps, compiles_per_call = [], []
+for _ in range(2):  # Two steps of one compiled step.
+    before = len(compiles)
+    state, step_metrics = call(state, jax.random.key(1), dataset)
+    steps.append(step_metrics)
+    compiles_per_call.append(len(compiles) - before)
+metrics = jax.tree.map(lambda *m: np.concatenate(m), *steps)
 print(json.dumps({
     "devices": jax.device_count(),
+    "compiles_per_call": compiles_per_call,
     "loss": np.asarray(metrics["loss"]).tolist(),
     "grad_norm": np.asarray(metrics["grad_norm"]).tolist(),
     "params": [np.asarray(p).ravel().tolist() for p in jax.tree.leaves(state.params)],
@@ -218,8 +229,14 @@ def run_on_devices(count):
 
 
 def test_eight_devices_give_the_same_step_as_one():
-    one, eight = run_on_devices(1), run_on_devices(8)
+    # Side by side: each process compiles mostly on one core.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        one, eight = pool.map(run_on_devices, (1, 8))
     assert (one["devices"], eight["devices"]) == (1, 8)
+    # The initial state is placed as the call returns it: the second call reuses the first's
+    # program (compiles_per_call [1, 1] for a state created outside jit).
+    assert one["compiles_per_call"][1] == eight["compiles_per_call"][1] == 0
+    assert one["compiles_per_call"][0] >= 1
     # Same batches, same maths: only the order of the gradient all-reduce differs.
     # Step 2's loss depends on step 1's update, so it checks the update too.
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
