@@ -9,8 +9,9 @@ decoder transposed convs (2->5, 5->12, 12->26 stride 2, 26->28 stride 1;
 256->128->64->32->1 channels) as `jaxdiff.models.layers.conv_transpose` and
 as flax's `nn.ConvTranspose` computes them (`lax.conv_transpose`, then zero
 padding to the output size). For each layer, and for all of them in one
-program, times the forward pass alone (sampling) and forward + gradients of
-input and kernel (training), the two implementations in turns; medians of
+program, times the forward pass alone (sampling), forward + gradients of
+input and kernel (training) and forward + the tangent in the input (forward
+mode: the likelihood's ODE), the two implementations in turns; medians of
 `--repeats`. Prints the table and writes it as JSON (`--out`).
 """
 
@@ -72,9 +73,13 @@ def programs(fn, layers, dtype):
     def loss(xs, kernels):
         return sum(jnp.sum(y.astype(jnp.float32) ** 2) for y in forward(xs, kernels))
 
+    def tangent(xs, kernels):  # Forward mode in the input, as the likelihood's ODE runs it.
+        return jax.jvp(lambda xs: forward(xs, kernels), (xs,), (xs,))
+
     return {
         "forward": jax.jit(forward),
         "forward+gradients": jax.jit(jax.value_and_grad(loss, (0, 1))),
+        "jvp": jax.jit(tangent),
     }
 
 
@@ -129,7 +134,7 @@ def main() -> None:
         else:
             side, cin, cout, stride, out_side = subset[0]
             layer = f"{kind} {side}->{out_side} {cin}->{cout} s{stride}"
-        for p in ("forward", "forward+gradients"):
+        for p in ("forward", "forward+gradients", "jvp"):
             ms = {
                 name: 1000 * statistics.median(times[((kind, index), name, p)])
                 for name in KINDS[kind][1]

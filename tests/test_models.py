@@ -175,9 +175,10 @@ def numpy_conv_transpose(x, kernel, stride, size):
     return y
 
 
-# Two of the seed decoder's transposed convs (input side, stride, output side),
-# fewer channels: stride 2 with PyTorch's output_padding, and stride 1.
-@pytest.mark.parametrize("side,stride,size", [(5, 2, 12), (26, 1, 28)])
+# Three of the seed decoder's transposed convs (input side, stride, output side),
+# fewer channels: from 2x2 (its own tangent form on CPU), stride 2 with PyTorch's
+# output_padding, and stride 1.
+@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12), (26, 1, 28)])
 def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(side, stride, size):
     x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
     layer = ConvTranspose(4, stride=stride)
@@ -247,10 +248,11 @@ def test_transposed_conv_lowers_for_gpu_to_the_convolutions_cudnn_runs_fast():
     assert sum("lhs_dilate = [1, 1]" in line for line in backward) == 2
 
 
-def test_seed_net_training_step_has_no_dilated_convolution_on_cpu():
+def test_seed_net_has_no_dilated_convolution_from_a_2x2_map_on_cpu():
     """XLA:CPU runs input-dilated convolutions from a 2x2 map 15x slower than
-    their work needs: on CPU the seed net's transposed convs and the input
-    gradients of its strided convs are matmuls and overlap-adds instead."""
+    their work needs: on CPU the seed net's transposed conv from 2x2, the input
+    gradient of its strided conv to 2x2 and their forward-mode tangents are
+    matmuls and overlap-adds instead, in training and in the likelihood's jvp."""
     model = create_model(mnist.get_config().model, (28, 28, 1))
     x, t = jnp.ones((2, 28, 28, 1)), jnp.ones((2,))
     params = jax.eval_shape(model.init, jax.random.key(0), x, t)
@@ -258,15 +260,23 @@ def test_seed_net_training_step_has_no_dilated_convolution_on_cpu():
     def loss(params, x):
         return jnp.sum(model.apply(params, x, t) ** 2)
 
-    cpu = _convolutions(jax.jit(jax.grad(loss, (0, 1))).lower(params, x).as_text())
-    dilated = [line for line in cpu if "lhs_dilate" in line and "lhs_dilate = [1, 1]" not in line]
-    assert cpu and not dilated
+    def jvp(params, x):
+        return jax.jvp(lambda x: model.apply(params, x, t), (x,), (x,))
+
+    for program in (jax.grad(loss, (0, 1)), jvp):
+        convs = _convolutions(jax.jit(program).lower(params, x).as_text())
+        dilated = [line for line in convs if "lhs_dilate = [1, 1]" not in line]
+        assert len(convs) > len(dilated)
+        # The input operand's shape: (tensor<NxHxWxC...>, kernel) -> output.
+        sides = [re.search(r": \(tensor<\d+x(\d+)x(\d+)x", line).groups() for line in dilated]
+        assert ("2", "2") not in sides, program
 
 
-def test_strided_conv_is_flax_conv_in_value_and_both_derivatives():
-    # The seed encoder's deepest conv (5 -> 2, whose input gradient is a
-    # 2x2 -> 5x5 transposed conv), fewer channels.
-    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 3))
+# The seed encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
+# transposed conv and has its own form on CPU) and the one before (12 -> 5), fewer channels.
+@pytest.mark.parametrize("side", [5, 12])
+def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):
+    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
 
     def conv(**kwargs):
         return nn.Conv(4, (3, 3), 2, "VALID", use_bias=False, **kwargs)

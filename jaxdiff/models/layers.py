@@ -189,8 +189,9 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
 #    overlap-add takes 1.4 ms (benchmarks/conv_transpose.py).
 # So a transposed conv is computed as the adjoint of a strided conv, with the
 # adjoint's form chosen per platform (`_conv_adjoint`), and each layer's
-# derivative rule is written so that reverse mode transposes it into the forms
-# above (`conv_transpose`, `strided_conv`).
+# derivative rule is written so that reverse mode (training) transposes it into
+# the forms above and forward mode (the likelihood's jvp) evaluates no
+# transposed conv from a 2x2 map either (`conv_transpose`, `strided_conv`).
 
 # The forward convolution a transposed convolution is the input gradient of. Its
 # kernel is laid out (h, w, out, in) so that it has the transposed conv's own
@@ -315,7 +316,15 @@ def _conv_transpose_jvp(stride, output_size, primals, tangents):
     y = _conv_adjoint(x, w, stride, out_shape)
     parts = []
     if not isinstance(dx, SymbolicZero):
-        parts.append(_transpose_of_conv(dx, w, stride, out_shape))
+        # Linear in dx: forward mode evaluates this form, reverse mode its transpose.
+        # `_transpose_of_conv` transposes to the forward conv, fast everywhere, but
+        # XLA:CPU evaluates it slowly from a 2x2 map (benchmarks/conv_transpose.py,
+        # jvp of 2->5: 1.3 ms this way, 21.5 as lax's dilated conv), where both
+        # transpose equally fast. From larger maps the transpose of the CPU's
+        # overlap-add took 1.5x as long in reverse mode (12->26), so training keeps
+        # the forward conv there.
+        tangent = _conv_adjoint if max(x.shape[1:3]) <= 2 else _transpose_of_conv
+        parts.append(tangent(dx, w, stride, out_shape))
     if not isinstance(dkernel, SymbolicZero):
         parts.append(_transpose_of_conv_in_kernel(x, jnp.flip(dkernel, (0, 1)), stride, out_shape))
     return y, sum(parts) if parts else jnp.zeros_like(y)
@@ -329,8 +338,9 @@ def strided_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """VALID convolution of NHWC `x` with an HWIO `kernel` at `stride`, no bias.
 
     The same function as `flax.linen.Conv(padding="VALID", use_bias=False)`;
-    its input gradient is computed as `conv_transpose` computes its value (see
-    the comment above `_forward_conv`). Forward and reverse mode both work.
+    to a 2x2 output its input gradient is computed as `conv_transpose` computes
+    its value (see the comment above `_forward_conv`). Forward and reverse mode
+    both work.
     """
     return _conv(x, kernel, stride)
 
@@ -347,15 +357,21 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 def _strided_conv_jvp(stride, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
-    w = kernel.transpose(0, 1, 3, 2)
     y = _conv(x, kernel, stride)
     parts = []
     if not isinstance(dx, SymbolicZero):
-        # Linear in dx, written as the transpose of the input gradient so that
-        # reverse mode runs `_conv_adjoint`.
-        spec = jax.ShapeDtypeStruct(y.shape, x.dtype)
-        input_gradient = lambda dy: _conv_adjoint(dy, w, stride, x.shape)  # noqa: E731
-        parts.append(jax.linear_transpose(input_gradient, spec)(dx)[0])
+        if max(y.shape[1:3]) <= 2:
+            # Written as the transpose of the input gradient, so that reverse mode
+            # runs `_conv_adjoint` (XLA's own input gradient is the slow dilated
+            # convolution from a 2x2 map).
+            spec = jax.ShapeDtypeStruct(y.shape, x.dtype)
+            w = kernel.transpose(0, 1, 3, 2)
+            input_gradient = lambda dy: _conv_adjoint(dy, w, stride, x.shape)  # noqa: E731
+            parts.append(jax.linear_transpose(input_gradient, spec)(dx)[0])
+        else:
+            # The convolution itself: forward mode runs it as fast as the value,
+            # and XLA's transpose of it is fast from larger maps.
+            parts.append(_conv(dx, kernel, stride))
     if not isinstance(dkernel, SymbolicZero):
         parts.append(_conv(x, dkernel, stride))
     return y, sum(parts) if parts else jnp.zeros_like(y)
