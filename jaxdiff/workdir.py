@@ -107,9 +107,7 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
             # A field added to jaxdiff after the run started: at its default it
             # asks for what the run did before the field existed.
             if defaults is None:
-                from configs import default
-
-                defaults = _flatten(config_as_dict(default.get_config()))
+                defaults = _default_fields()
             if new == defaults.get(field):
                 continue
         group = field.split(".")[0]
@@ -157,9 +155,14 @@ def _run_value(field: str, stored: Any) -> Any:
     """What the run used: its config.json value, or for a field added since, the default."""
     if stored != "<absent>":
         return stored
+    return _default_fields()[field]
+
+
+def _default_fields() -> dict[str, Any]:
+    """Every config field at its default, flattened as config.json's fields are."""
     from configs import default
 
-    return _flatten(config_as_dict(default.get_config()))[field]
+    return _flatten(config_as_dict(default.get_config()))
 
 
 def _flag_value(value: Any) -> str:

@@ -193,6 +193,10 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
 # the forms above and forward mode (the likelihood's jvp) evaluates no
 # transposed conv from a 2x2 map either (`conv_transpose`, `strided_conv`).
 
+# The largest map side from which XLA:CPU's dilated convolution is slow (see above):
+# the derivative rules below use the matmul forms from or to maps this small.
+_SLOW_DILATED_SIDE = 2
+
 # The forward convolution a transposed convolution is the input gradient of. Its
 # kernel is laid out (h, w, out, in) so that it has the transposed conv's own
 # (h, w, in, out) shape.
@@ -323,7 +327,8 @@ def _conv_transpose_jvp(stride, output_size, primals, tangents):
         # transpose equally fast. From larger maps the transpose of the CPU's
         # overlap-add took 1.5x as long in reverse mode (12->26), so training keeps
         # the forward conv there.
-        tangent = _conv_adjoint if max(x.shape[1:3]) <= 2 else _transpose_of_conv
+        small = max(x.shape[1:3]) <= _SLOW_DILATED_SIDE
+        tangent = _conv_adjoint if small else _transpose_of_conv
         parts.append(tangent(dx, w, stride, out_shape))
     if not isinstance(dkernel, SymbolicZero):
         parts.append(_transpose_of_conv_in_kernel(x, jnp.flip(dkernel, (0, 1)), stride, out_shape))
@@ -360,7 +365,7 @@ def _strided_conv_jvp(stride, primals, tangents):
     y = _conv(x, kernel, stride)
     parts = []
     if not isinstance(dx, SymbolicZero):
-        if max(y.shape[1:3]) <= 2:
+        if max(y.shape[1:3]) <= _SLOW_DILATED_SIDE:
             # Written as the transpose of the input gradient, so that reverse mode
             # runs `_conv_adjoint` (XLA's own input gradient is the slow dilated
             # convolution from a 2x2 map).
