@@ -5,15 +5,18 @@
     python benchmarks/run.py --batch=64 --sample_batch=64 --sample_steps=20 \\
         --train_steps=8 --repeats=3                            # a few minutes on 2 CPU cores
 
-Rows: the seed MNIST nets (`configs/mnist_seed.py`, uncond and cond) on three
-sides (jaxdiff, PyTorch eager, PyTorch `torch.compile`), and jaxdiff alone on
-its default MNIST and CIFAR-10 configs (`--models` picks). Every side is built and warmed up
-first (the warm-up time, compilation included, is reported), then the sides of
-a model are timed in turns, `--repeats` times; figures are medians. Train
-images/s use the same batch and precision on every side, with batches drawn on
-the device from a device-resident MNIST; sampling is `--sample_steps`
-Euler-Maruyama steps on `--sample_batch` samples (one network evaluation per
-step). Writes docs/benchmarks.json and docs/benchmarks.md (`--out` prefix).
+Rows (`--models` picks): the seed MNIST nets (`configs/mnist_seed.py`, uncond
+and cond) and jaxdiff's MNIST, Fashion-MNIST and CIFAR-10 configs, each on
+three sides (`--sides`): jaxdiff, and its network's PyTorch twin
+(benchmarks/torch_reference.py) eager and `torch.compile`d. Before timing, the
+twin is checked to compute jaxdiff's network and score (`check_twin`). Every
+side is built and warmed up first (the warm-up time, compilation included, is
+reported), then the sides of a model are timed in turns, `--repeats` times;
+figures are medians. Train images/s use the same batch and precision on every
+side, with batches drawn on the device from a device-resident copy of the
+first 10,000 training images; sampling is `--sample_steps` Euler-Maruyama steps
+on `--sample_batch` samples (one network evaluation per step). Writes
+docs/benchmarks.json and docs/benchmarks.md (`--out` prefix).
 
 FLOPs per train step come from XLA's cost analysis of the *lowered* (not yet
 compiled) single-step program: the compiled one on GPU leaves out cuDNN
@@ -36,7 +39,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import cifar10, cifar10_cond, mnist, mnist_cond, mnist_seed
+from configs import (
+    cifar10,
+    cifar10_cond,
+    fashion_mnist,
+    fashion_mnist_cond,
+    mnist,
+    mnist_cond,
+    mnist_seed,
+)
 from jaxdiff import data, parallel, samplers
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params, make_score_fn
@@ -56,10 +67,11 @@ MODELS = {
     "seed_cond": lambda: mnist_seed.get_config("cond"),
     "mnist": mnist.get_config,
     "mnist_cond": mnist_cond.get_config,
+    "fashion_mnist": fashion_mnist.get_config,
+    "fashion_mnist_cond": fashion_mnist_cond.get_config,
     "cifar10": cifar10.get_config,
     "cifar10_cond": cifar10_cond.get_config,
 }
-TORCH_MODELS = ("seed_uncond", "seed_cond")
 
 
 # Images every benchmark trains on: the first 10,000 of the train split.
@@ -105,7 +117,7 @@ class JaxSide:
         c.training.num_steps = c.training.log_every = c.training.checkpoint_every = args.train_steps
         c.sampling.sampler = "euler_maruyama"
         c.sampling.num_steps = args.sample_steps
-        experiment = create_experiment(c)
+        self.experiment = experiment = create_experiment(c)
         self.config = c = experiment.config
         self.calls = args.train_steps // c.training.steps_per_call
         tx = create_optimizer(c.training)
@@ -201,10 +213,118 @@ def _compiled_memory_mb(compiled) -> float | None:
         return None
 
 
-class TorchSide:
-    """The PyTorch reference (benchmarks/torch_reference.py), eager or torch.compile'd."""
+def torch_twin(config, image_shape: tuple[int, int, int], num_classes: int):
+    """The PyTorch twin (benchmarks/torch_reference.py) of a config's score network.
 
-    def __init__(self, model_name, compiled, args, images, labels):
+    Raises:
+      ValueError: for a config the twins do not cover (another network or SDE).
+    """
+    import torch_reference as ref
+
+    m = config.model
+    if config.sde.name != "ve" or config.sde.sigma != ref.SIGMA:
+        raise ValueError(f"the PyTorch twins use the VE SDE with sigma = {ref.SIGMA}")
+    if m.preconditioning not in ref.PRECONDITIONINGS:
+        raise ValueError(f"no PyTorch twin of model.preconditioning={m.preconditioning!r}")
+    common = dict(
+        embed_dim=m.embed_dim,
+        fourier_scale=m.fourier_scale,
+        preconditioning=m.preconditioning,
+        sigma_data=m.sigma_data,
+        heads=m.num_heads,
+    )
+    if m.conditional:
+        common.update(
+            num_classes=num_classes,
+            context_tokens=m.context_tokens,
+            context_dim=m.context_dim,
+            ff_mult=m.ff_mult,
+        )
+    height, width, image_channels = image_shape
+    if m.name == "seed_unet" and image_shape == (28, 28, 1):
+        return ref.SeedScoreNet(
+            channels=tuple(m.channels), attention_sides=tuple(m.attention_resolutions), **common
+        )
+    if m.name == "unet" and height == width:
+        return ref.UNet(
+            image_channels,
+            height,
+            channels=tuple(m.channels),
+            num_res_blocks=m.num_res_blocks,
+            attention_sides=tuple(m.attention_resolutions),
+            dropout=m.dropout,
+            **common,
+        )
+    raise ValueError(f"no PyTorch twin of model.name={m.name!r} on {height}x{width} images")
+
+
+def check_twin(jax_side: JaxSide, device, batch: int = 4) -> float:
+    """Checks that the PyTorch twin computes jaxdiff's network and score; returns the error.
+
+    Both get the same parameters: jaxdiff's initial ones plus N(0, 0.05^2) noise
+    (the zero-initialised output layers would otherwise hide everything behind
+    them), and the same float32 inputs. The network outputs and the scores are
+    compared separately (the score's skip term -x / (sigma^2 + sigma_data^2)
+    can outweigh the network's part); the largest difference of each, relative
+    to its largest value, must be under 1e-4 on a CPU and 1e-2 on a GPU (whose
+    TF32 convolutions round to about 1e-3). The timed sides keep their own
+    parameters.
+
+    Raises:
+      SystemExit: if they differ.
+    """
+    import torch
+    import torch_reference as ref
+
+    experiment = jax_side.experiment
+    leaves, treedef = jax.tree.flatten(jax.device_get(jax_side.state.params))
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(
+        treedef,
+        [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *experiment.data_shape)).astype(np.float32)
+    t = np.linspace(0.3, 0.9, batch, dtype=np.float32)
+    labels = None
+    if experiment.num_classes:
+        labels = np.arange(batch, dtype=np.int32) % (experiment.num_classes + 1)  # with null
+    score_fn = make_score_fn(
+        experiment.model, params, experiment.sde, experiment.config.model, labels=labels
+    )
+    expected = {
+        "network": experiment.model.apply({"params": params}, x, t, labels),
+        "score": jax.jit(score_fn)(x, t),
+    }
+
+    twin = torch_twin(experiment.config, experiment.data_shape, experiment.num_classes)
+    twin = twin.to(device)
+    ref.load_jaxdiff_params(twin, jax.tree.map(np.asarray, params))
+    twin.eval()
+    inputs = (
+        torch.tensor(x, device=device).permute(0, 3, 1, 2),
+        torch.tensor(t, device=device),
+        None if labels is None else torch.tensor(labels, device=device).long(),
+    )
+    with torch.no_grad():
+        got = {"network": twin.network(*inputs), "score": twin(*inputs)}
+    tolerance = 1e-4 if device.type == "cpu" else 1e-2
+    errors = {}
+    for name, value in got.items():
+        value, want = value.permute(0, 2, 3, 1).cpu().numpy(), np.asarray(expected[name])
+        errors[name] = float(np.abs(value - want).max() / np.abs(want).max())
+        if not errors[name] < tolerance:
+            sys.exit(
+                f"error: the PyTorch twin's {name} output differs from jaxdiff's by "
+                f"{errors[name]:.2%} of its size"
+            )
+    return max(errors.values())
+
+
+class TorchSide:
+    """The PyTorch twin (benchmarks/torch_reference.py) of a config, eager or torch.compile'd."""
+
+    def __init__(self, config, compiled, args, images, labels):
         import torch
         import torch_reference as ref
 
@@ -212,23 +332,38 @@ class TorchSide:
         self.name = "torch_compile" if compiled else "torch_eager"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(0)
-        kwargs = {}
-        if model_name == "seed_cond":
-            kwargs = dict(num_classes=10, heads=1, context_tokens=1, ff_mult=3)
-        model = ref.SeedScoreNet(**kwargs).to(self.device)
+        image_shape, num_classes = data.dataset_info(config.data.dataset)
+        self.model = model = torch_twin(config, image_shape, num_classes).to(self.device)
         self.params = ref.count_params(model)
         self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         net = torch.compile(model) if compiled else model
         net.num_classes = model.num_classes
         x = torch.tensor(images, device=self.device).permute(0, 3, 1, 2).float() / 255.0
+        if config.data.centered:
+            x = 2 * x - 1
         y = torch.tensor(labels, device=self.device).long()
-        self.trainer = ref.Trainer(net, x, y, args.batch, dtype=self.dtype)
+        self.trainer = ref.Trainer(
+            net,
+            x,
+            y,
+            args.batch,
+            dtype=self.dtype,
+            cond_drop=config.training.cond_drop_prob,
+            random_flip=config.data.random_flip,
+        )
         self.steps = args.train_steps
         sample_labels = None
         if model.num_classes:
-            sample_labels = torch.arange(args.sample_batch, device=self.device) % 10
+            sample_labels = torch.arange(args.sample_batch, device=self.device) % num_classes
+        chw = (image_shape[2], image_shape[0], image_shape[1])
         self.sample_fn = lambda: ref.euler_maruyama(
-            net, args.sample_batch, args.sample_steps, self.device, sample_labels, self.dtype
+            net,
+            args.sample_batch,
+            args.sample_steps,
+            self.device,
+            sample_labels,
+            self.dtype,
+            shape=chw,
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -245,11 +380,13 @@ class TorchSide:
             self.torch.cuda.synchronize()
 
     def train(self):
+        self.model.train()  # Dropout on, as in jaxdiff's train step.
         for _ in range(self.steps):
             self.trainer.step()
         self._sync()
 
     def sample(self):
+        self.model.eval()
         self.sample_fn()
         self._sync()
 
@@ -268,7 +405,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument(
-        "--data_npz_dir", default="", help="read <dir>/mnist.npz, cifar10.npz instead of TFDS"
+        "--data_npz_dir", default="", help="read <dir>/<dataset>.npz instead of TFDS"
     )
     parser.add_argument(
         "--save_npz", default="", help="write the benchmark images to <dir>/*.npz and exit"
@@ -276,12 +413,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.save_npz:
         os.makedirs(args.save_npz, exist_ok=True)
-        for dataset in ("mnist", "cifar10"):
+        for dataset in data.DATASETS:
             images, labels = data.load_split(dataset, BENCHMARK_SPLIT)
             np.savez_compressed(
                 os.path.join(args.save_npz, f"{dataset}.npz"), images=images, labels=labels
             )
-        print(f"wrote {args.save_npz}/mnist.npz and cifar10.npz")
+        print(f"wrote {', '.join(data.DATASETS)} to {args.save_npz}/<dataset>.npz")
         return
     models, sides = args.models.split(","), args.sides.split(",")
     for name in models:
@@ -291,8 +428,7 @@ def main() -> None:
         if side not in ("jaxdiff", "torch_eager", "torch_compile"):
             sys.exit(f"error: unknown side {side!r}; choose jaxdiff, torch_eager, torch_compile")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    images, labels = benchmark_images("mnist", args.data_npz_dir)
-    cifar = None
+    datasets = {}  # name -> (images, labels), read once
 
     rows, failures = [], []
     device_name = jax.devices()[0].device_kind
@@ -301,24 +437,19 @@ def main() -> None:
     peak = peak_flops(args.precision)
     for model_name in models:
         built = []
+        dataset = MODELS[model_name]().data.dataset
+        if dataset not in datasets:
+            datasets[dataset] = benchmark_images(dataset, args.data_npz_dir)
+        side_images, side_labels = datasets[dataset]
         for side in sides:
-            if side != "jaxdiff" and model_name not in TORCH_MODELS:
-                continue
-            if model_name.startswith("cifar10"):
-                if cifar is None:
-                    cifar = benchmark_images("cifar10", args.data_npz_dir)
-                side_images, side_labels = cifar
-            else:
-                side_images, side_labels = images, labels
             print(f"building {model_name} / {side} ...", flush=True)
             try:
                 if side == "jaxdiff":
                     built.append(JaxSide(MODELS[model_name](), args, side_images, side_labels))
                 else:
+                    compiled = side == "torch_compile"
                     built.append(
-                        TorchSide(
-                            model_name, side == "torch_compile", args, side_images, side_labels
-                        )
+                        TorchSide(MODELS[model_name](), compiled, args, side_images, side_labels)
                     )
             except Exception as e:  # One side failing (e.g. a compiler bug) keeps the others.
                 message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -332,6 +463,10 @@ def main() -> None:
                         f"error: {model_name}: {other.name} has {other.params:,} parameters, "
                         f"jaxdiff {jax_side.params:,}: not the same network"
                     )
+            torch_sides = [b for b in built if isinstance(b, TorchSide)]
+            if torch_sides:
+                error = check_twin(jax_side, torch_sides[0].device)
+                print(f"{model_name}: the PyTorch twin's score is jaxdiff's to {error:.1e}")
         train_times = {b.name: [] for b in built}
         sample_times = {b.name: [] for b in built}
         for _ in range(args.repeats):  # In turns, so a noisy machine slows every side alike.
