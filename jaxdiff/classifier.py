@@ -22,6 +22,7 @@ import optax
 
 from jaxdiff import data, parallel
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import check_optimization
 from jaxdiff.loop import apply_update, compile_train_call, run_training
@@ -166,7 +167,7 @@ def _train(config, model, mesh, workdir, images, labels) -> TrainState:
             state = checkpointer.restore(abstract, set_aside=True)
             logger.info("Classifier: resumed from step %d", int(state.step))
         else:
-            state = jax.jit(
+            state = jit(
                 lambda key: _create_state(key, model, image_shape, tx),
                 out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
             )(jax.random.fold_in(jax.random.key(config.seed), 5))
@@ -221,7 +222,7 @@ class TrainedClassifier:
         if self._apply is None:
             centered = self.config.data.centered
 
-            @jax.jit
+            @jit
             def apply(params, batch):
                 logits, features = self.model.apply(
                     {"params": params}, data.to_model_range(batch, centered)

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdiff import data, likelihood, metrics, samplers
 from jaxdiff.classifier import TrainedClassifier, load_classifier, reference_features
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
@@ -309,7 +310,7 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
     batch = min(_LIKELIHOOD_BATCH, len(images))
     num_classes = experiment.num_classes
 
-    @jax.jit
+    @jit
     def per_example(params, key, batch_images):
         labels = None
         if num_classes:

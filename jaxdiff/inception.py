@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 
 FEATURE_DIM = 2048
@@ -244,7 +245,10 @@ def _features(variables: Any, images_uint8: jax.Array, resize_to: tuple[int, int
 
 
 # One compilation per (batch shape, resize): inception_features pads to a fixed batch.
-_features_jit = jax.jit(_features, static_argnames="resize_to")
+@functools.cache
+def _features_jit():
+    # Jitted at first use, not at import: `jit` starts JAX's backend.
+    return jit(_features, static_argnames="resize_to")
 
 
 def inception_features(
@@ -282,7 +286,7 @@ def inception_features(
         if real < batch_size:
             padding = np.zeros((batch_size - real, *batch.shape[1:]), dtype=np.uint8)
             batch = np.concatenate([batch, padding])
-        outputs.append(np.asarray(_features_jit(variables, batch, resize_to=size))[:real])
+        outputs.append(np.asarray(_features_jit()(variables, batch, resize_to=size))[:real])
     return np.concatenate(outputs).astype(np.float32)
 
 

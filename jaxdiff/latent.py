@@ -22,6 +22,7 @@ import optax
 
 from jaxdiff import data, parallel
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
 from jaxdiff.loop import apply_update, compile_train_call, run_training
@@ -92,13 +93,13 @@ def decode(experiment: Experiment, params: Any, latents: jax.Array) -> jax.Array
 
 def encode_images(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 latents (posterior means), unscaled."""
-    return data.map_in_chunks(jax.jit(lambda x: _encode(experiment, params, x)), images)
+    return data.map_in_chunks(jit(lambda x: _encode(experiment, params, x)), images)
 
 
 def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
     """uint8 images -> uint8 reconstructions through the posterior means."""
 
-    @jax.jit
+    @jit
     def round_trip(x):
         return decode(experiment, params, _encode(experiment, params, x))
 
@@ -107,7 +108,7 @@ def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.n
 
 def decode_latents(experiment: Experiment, params: Any, latents: np.ndarray) -> np.ndarray:
     """Unscaled float latents -> uint8 images."""
-    return data.map_in_chunks(jax.jit(lambda z: decode(experiment, params, z)), latents)
+    return data.map_in_chunks(jit(lambda z: decode(experiment, params, z)), latents)
 
 
 def reconstruction_metrics(images: np.ndarray, reconstructions: np.ndarray) -> dict[str, float]:
@@ -184,7 +185,7 @@ def train_autoencoder(
             logger.info("Stage 1 (autoencoder): resumed from step %d", state.step)
         else:
             root_key = jax.random.key(config.seed)
-            state = jax.jit(
+            state = jit(
                 lambda key: create_autoencoder_state(
                     key, experiment.autoencoder, experiment.image_shape, tx
                 ),

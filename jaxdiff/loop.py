@@ -18,6 +18,7 @@ import optax
 
 from jaxdiff import data, parallel, preemption
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.compiler import jit
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.state import TrainState, create_learning_rate_schedule
 
@@ -79,7 +80,7 @@ def compile_train_call(
         return jax.lax.scan(lambda state, _: step_fn(state, key, dataset), state, length=num_steps)
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(call, donate_argnums=0, out_shardings=(replicated, replicated))
+    return jit(call, donate_argnums=0, out_shardings=(replicated, replicated))
 
 
 def run_training(

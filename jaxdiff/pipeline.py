@@ -15,13 +15,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jaxdiff import conditioning, latent, parallel, samplers
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
@@ -257,7 +257,7 @@ class Pipeline:
             labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), x.shape[:1])
         if self._score_fn is None:
             experiment = self.experiment
-            self._score_fn = jax.jit(
+            self._score_fn = jit(
                 lambda params, x, t, labels: make_score_fn(
                     experiment.model, params, experiment.sde, experiment.config.model, labels=labels
                 )(x, t)

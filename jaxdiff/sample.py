@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import conditioning, data, latent, parallel, samplers
+from jaxdiff.compiler import jit
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
 from jaxdiff.visualize import (
@@ -120,7 +121,7 @@ def make_sample_fn(
         return jnp.concatenate([noisy.reshape((-1, *images.shape)), images[None]])
 
     out_sharding = sharding if not trajectory_frames else parallel.replicated(mesh)
-    jitted = jax.jit(draw, out_shardings=out_sharding)
+    jitted = jit(draw, out_shardings=out_sharding)
 
     def sample_fn(params, autoencoder_params=None, key=None):
         # As host data: every process of a multi-host run passes the same value.

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff import parallel
+from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
 
@@ -113,7 +114,7 @@ def create_replicated_train_state(
     first step is the one every later step reuses; a state created outside
     `jax.jit` has another sharding, and the second call would compile again.
     """
-    return jax.jit(
+    return jit(
         lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
         out_shardings=parallel.replicated(experiment.mesh),
     )(key)

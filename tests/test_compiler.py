@@ -1,0 +1,65 @@
+"""jaxdiff.compiler: the XLA options every jaxdiff program is compiled with."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import compiler
+
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def _conv_net(x, kernel):
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return jnp.tanh(y).sum(axis=(1, 2))
+
+
+def _inputs():
+    keys = jax.random.split(jax.random.key(0))
+    return jax.random.normal(keys[0], (4, 16, 16, 8)), jax.random.normal(keys[1], (3, 3, 8, 16))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
+def test_cpu_programs_compile_without_ynnpack_fusions_and_compute_the_same():
+    if compiler.compiler_options() != {OPTION: ""}:
+        pytest.skip("this XLA has no YNNPACK fusion option, or XLA_FLAGS sets it")
+    x, kernel = _inputs()
+    default = jax.jit(_conv_net).lower(x, kernel).compile()
+    if "__ynn_fusion" not in default.as_text():
+        pytest.skip("this XLA puts no convolution into a YNNPACK fusion")
+    ours = compiler.jit(_conv_net).lower(x, kernel).compile()
+    assert "__ynn_fusion" not in ours.as_text()
+    np.testing.assert_allclose(ours(x, kernel), default(x, kernel), rtol=1e-5, atol=1e-5)
+
+
+def test_an_option_set_in_xla_flags_is_left_to_it(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", f"--{OPTION}=individual_dot")
+    compiler.compiler_options.cache_clear()
+    try:
+        assert compiler.compiler_options() == {}
+    finally:
+        monkeypatch.undo()
+        compiler.compiler_options.cache_clear()
+    expected = {OPTION: ""} if jax.default_backend() == "cpu" else {}
+    # Without the flag the option is back (where this XLA knows it).
+    assert compiler.compiler_options() in (expected, {})
+
+
+def test_the_train_call_is_compiled_with_the_options(monkeypatch):
+    options = compiler.compiler_options()  # Before the spy: finding them compiles a probe.
+    seen = []
+    real_jit = jax.jit
+
+    def spy(fun, **kwargs):
+        seen.append((fun.__name__, kwargs.get("compiler_options")))
+        return real_jit(fun, **kwargs)
+
+    monkeypatch.setattr(compiler.jax, "jit", spy)
+    from jaxdiff.loop import compile_train_call
+    from jaxdiff.parallel import create_mesh
+
+    compile_train_call(lambda state, key, dataset: (state, {}), 1, create_mesh())
+    assert [o for name, o in seen if name == "call"] == [options]
