@@ -218,16 +218,19 @@ def group_count(channels: int, max_groups: int = 32) -> int:
 
 
 class SameConv(nn.Conv2d):
-    """A 3x3 conv with TensorFlow's (XLA's) SAME padding: for stride 2 on an even
-    side, one row and column of zeros after the map and none before."""
+    """A stride-2 3x3 conv of a `side` x `side` map with TensorFlow's (XLA's) SAME
+    padding: on an even side, one row and column of zeros after the map and
+    none before. The padding is fixed here, from the side, so that
+    `torch.compile` sees no shape arithmetic (with it, inductor failed on the
+    CIFAR-10 net's symbolic shapes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, side: int):
+        super().__init__(in_channels, out_channels, 3, stride=2)
+        total = max((-(-side // 2) - 1) * 2 + 3 - side, 0)
+        self.pads = (total // 2, total - total // 2) * 2  # (left, right, top, bottom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size in (x.shape[3], x.shape[2]):  # F.pad takes the last dimension first.
-            out = -(-size // self.stride[0])
-            total = max((out - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
+        return super().forward(F.pad(x, self.pads))
 
 
 class ResBlock(nn.Module):
@@ -313,7 +316,7 @@ class UNet(nn.Module):
                 self.down_attention.append(attention(width) if side in attention_sides else None)
                 skip_widths.append(width)
             if level < len(channels) - 1:
-                self.downsample.append(SameConv(width, width, 3, stride=2))
+                self.downsample.append(SameConv(width, width, side))
                 side = -(-side // 2)
                 skip_widths.append(width)
         self.middle = nn.ModuleList([res(width, width), attention(width), res(width, width)])

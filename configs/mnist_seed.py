@@ -8,8 +8,8 @@ parametrisation (network output / std(t), no EDM preconditioning); `:cond`
 adds the original's conditioning: one 256-d learned token per class, one
 attention head, a feed-forward 3x wide. `benchmarks/run.py` times these
 against the same nets in PyTorch. For training quality prefer configs/mnist.py
-and configs/mnist_cond.py (EDM preconditioning, a resize decoder that is
-faster on XLA:CPU, several condition tokens).
+and configs/mnist_cond.py (the same net with EDM preconditioning; conditional:
+four heads, four condition tokens per class).
 """
 
 from configs import mnist
