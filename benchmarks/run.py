@@ -337,7 +337,9 @@ class TorchSide:
         self.model = model = torch_twin(config, image_shape, num_classes).to(self.device)
         self.params = ref.count_params(model)
         self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        net = torch.compile(model) if compiled else model
+        # Static shapes, as XLA compiles them (automatic dynamic shapes broke inductor on
+        # the CIFAR-10 twin).
+        net = torch.compile(model, dynamic=False) if compiled else model
         net.num_classes = model.num_classes
         x = torch.tensor(images, device=self.device).permute(0, 3, 1, 2).float() / 255.0
         if config.data.centered:
