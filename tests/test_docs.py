@@ -38,7 +38,13 @@ CHAINS = [
         "troubleshooting.md",
     ],
     # About as long as the first chain (the benchmark pages use no run).
-    ["conditioning.md", "latent_diffusion.md", "performance.md", "benchmarks.md"],
+    [
+        "conditioning.md",
+        "latent_diffusion.md",
+        "performance.md",
+        "benchmarks.md",
+        "benchmarks_configs.md",
+    ],
 ]
 PAGES = [
     "quickstart.md",
@@ -51,6 +57,7 @@ PAGES = [
     "evaluation.md",
     "performance.md",
     "benchmarks.md",
+    "benchmarks_configs.md",
     "scaling.md",
     "checkpoints.md",
     "troubleshooting.md",
