@@ -1,11 +1,13 @@
 """`jit`: `jax.jit` with the XLA options every jaxdiff program is compiled with.
 
 On CPU, XLA (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK
-fusions by default. XLA's own kernels ran every jaxdiff network faster on 2
-CPU cores: training 1.10-1.21x, sampling 1.16-1.51x, the same programs
-compiled both ways and timed in turns (docs/performance.md, "XLA's CPU
-kernels"). So on CPU jaxdiff compiles with YNNPACK fusions off, unless
-`XLA_FLAGS` sets the option itself, or this XLA does not know it.
+fusions by default. With XLA's own kernels instead, jaxdiff's programs sampled
+1.14-1.51x faster on 2 CPU cores, and trained the residual U-Nets 1.12x and
+the seed nets (at their batch of 64) 1.05-1.13x as fast; the seed nets at
+batch 32 trained 0.88-0.91x as fast (benchmarks/xla_options.py, the same
+programs compiled both ways and timed in turns; docs/performance.md). So on
+CPU jaxdiff compiles with YNNPACK fusions off, unless `XLA_FLAGS` sets the
+option itself, or this XLA does not know it.
 """
 
 import functools
