@@ -120,7 +120,42 @@ class SpatialTransformer(nn.Module):
         return y.transpose(1, 2).reshape(b, c, h, w)
 
 
-class SeedScoreNet(nn.Module):
+class _ScoreNet(nn.Module):
+    """What both twins share: the time embedding, the class tokens and the score."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        fourier_scale: float,
+        num_classes: int,
+        context_tokens: int,
+        context_dim: int,
+        preconditioning: str,
+        sigma_data: float,
+    ):
+        super().__init__()
+        self.preconditioning, self.sigma_data = preconditioning, sigma_data
+        self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
+        self.embed = nn.Linear(embed_dim, embed_dim)
+        self.num_classes = num_classes
+        if num_classes:
+            self.context_tokens, self.context_dim = context_tokens, context_dim
+            self.class_embedding = nn.Embedding(num_classes + 1, context_tokens * context_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
+        return to_score(
+            lambda h: self.network(h, t, labels), x, t, self.preconditioning, self.sigma_data
+        )
+
+    def embeddings(self, t: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The time embedding and (conditional nets) the condition tokens."""
+        temb = F.silu(self.embed(self.fourier(t)))
+        if not self.num_classes:
+            return temb, None
+        return temb, self.class_embedding(labels).reshape(-1, self.context_tokens, self.context_dim)
+
+
+class SeedScoreNet(_ScoreNet):
     """The seed U-Net (NCHW), unconditional or (num_classes > 0) conditional."""
 
     def __init__(
@@ -137,11 +172,16 @@ class SeedScoreNet(nn.Module):
         preconditioning: str = "none",
         sigma_data: float = 0.5,
     ):
-        super().__init__()
+        super().__init__(
+            embed_dim,
+            fourier_scale,
+            num_classes,
+            context_tokens,
+            context_dim,
+            preconditioning,
+            sigma_data,
+        )
         c1, c2, c3, c4 = channels
-        self.preconditioning, self.sigma_data = preconditioning, sigma_data
-        self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
-        self.embed = nn.Linear(embed_dim, embed_dim)
         self.convs = nn.ModuleList(
             [
                 nn.Conv2d(1, c1, 3, stride=1, bias=False),
@@ -163,11 +203,8 @@ class SeedScoreNet(nn.Module):
         self.norms = nn.ModuleList(
             [nn.GroupNorm(4 if i == 0 else min(32, c), c) for i, c in enumerate(widths)]
         )
-        self.num_classes = num_classes
         self.attention_sides = attention_sides
         if num_classes:
-            self.context_tokens, self.context_dim = context_tokens, context_dim
-            self.class_embedding = nn.Embedding(num_classes + 1, context_tokens * context_dim)
             # Encoder sides 26, 12, 5, 2; decoder sides 5, 12, 26.
             sides = [(26, c1), (12, c2), (5, c3), (2, c4), (5, c3), (12, c2), (26, c1)]
             self.transformers = nn.ModuleDict(
@@ -178,18 +215,8 @@ class SeedScoreNet(nn.Module):
                 }
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
-        return to_score(
-            lambda h: self.network(h, t, labels), x, t, self.preconditioning, self.sigma_data
-        )
-
     def network(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
-        temb = F.silu(self.embed(self.fourier(t)))
-        context = None
-        if self.num_classes:
-            context = self.class_embedding(labels).reshape(
-                -1, self.context_tokens, self.context_dim
-            )
+        temb, context = self.embeddings(t, labels)
 
         def level(i, h):
             h = h + self.denses[i](temb)[:, :, None, None]
@@ -267,7 +294,7 @@ class SelfAttentionBlock(nn.Module):
         return x + self.attention(y, y).transpose(1, 2).reshape(b, c, h, w)
 
 
-class UNet(nn.Module):
+class UNet(_ScoreNet):
     """jaxdiff's residual U-Net (NCHW), unconditional or (num_classes > 0) conditional."""
 
     def __init__(
@@ -288,14 +315,15 @@ class UNet(nn.Module):
         preconditioning: str = "edm",
         sigma_data: float = 0.5,
     ):
-        super().__init__()
-        self.preconditioning, self.sigma_data = preconditioning, sigma_data
-        self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
-        self.embed = nn.Linear(embed_dim, embed_dim)
-        self.num_classes = num_classes
-        if num_classes:
-            self.context_tokens, self.context_dim = context_tokens, context_dim
-            self.class_embedding = nn.Embedding(num_classes + 1, context_tokens * context_dim)
+        super().__init__(
+            embed_dim,
+            fourier_scale,
+            num_classes,
+            context_tokens,
+            context_dim,
+            preconditioning,
+            sigma_data,
+        )
 
         def attention(width):
             if num_classes:
@@ -335,18 +363,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
         self.num_res_blocks = num_res_blocks
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
-        return to_score(
-            lambda h: self.network(h, t, labels), x, t, self.preconditioning, self.sigma_data
-        )
-
     def network(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
-        temb = F.silu(self.embed(self.fourier(t)))
-        context = None
-        if self.num_classes:
-            context = self.class_embedding(labels).reshape(
-                -1, self.context_tokens, self.context_dim
-            )
+        temb, context = self.embeddings(t, labels)
 
         def attend(block, h):
             if block is None:
