@@ -1,14 +1,18 @@
 """jaxdiff's XLA compiler options against XLA's defaults: the same programs, timed in turns.
 
     python benchmarks/xla_options.py --models=mnist,seed_cond,fashion_mnist,cifar10_cond
+    python benchmarks/xla_options.py --kernels
 
 For each model, jaxdiff's train call and Euler-Maruyama sampler are built
 twice, as benchmarks/run.py builds them: compiled with
-`jaxdiff.compiler.compiler_options()` (on CPU: YNNPACK fusions off) and with
+`jaxdiff.compiler.compiler_options()` (on CPU: no YNNPACK convolutions) and with
 XLA's defaults. The two versions then run in turns, each on its own state;
 figures are medians of `--repeats` timed rounds. Prints train images/s and
 milliseconds per network evaluation for both, and their ratios, and writes
-them as JSON (`--out`).
+them as JSON (`--out`). With `--kernels`, it times single kernels instead (a 3x3
+convolution, its kernel gradient, a sum over batch and space, a dot) compiled
+three ways: with XLA's defaults, with YNNPACK fusions off, and with jaxdiff's
+options.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +43,57 @@ def xla_defaults():
         yield
     finally:
         compiler.compiler_options = saved
+
+
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def kernels() -> dict:
+    """The kernels of a U-Net level (batch 32, 28x28, 96 -> 32 channels)."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    maps = jax.random.normal(keys[0], (32, 28, 28, 96))
+    kernel = jax.random.normal(keys[1], (3, 3, 96, 32))
+    cotangent = jax.random.normal(keys[2], (32, 28, 28, 32))
+    tokens, weights = jax.random.normal(keys[3], (2, 2048, 256))
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=numbers)
+
+    def kernel_gradient(x, w, dy):
+        return jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]
+
+    return {
+        "conv 3x3": (conv, (maps, kernel)),
+        "conv 3x3 kernel gradient": (kernel_gradient, (maps, kernel, cotangent)),
+        "sum over batch and space": (lambda x: jnp.sum(x, (0, 1, 2)), (maps,)),
+        "dot 2048x256x256": (jnp.dot, (tokens, weights[:256])),
+    }
+
+
+def compare_kernels(repeats: int) -> list[dict]:
+    """Milliseconds per kernel under each option set, timed in turns."""
+    option_sets = {
+        "xla_defaults": {},
+        "ynnpack_off": {YNN_OPTION: ""},
+        "jaxdiff": compiler.compiler_options(),
+    }
+    rows = []
+    for name, (fun, args) in kernels().items():
+        compiled = {k: jax.jit(fun, compiler_options=o) for k, o in option_sets.items()}
+        times = {k: [] for k in compiled}
+        for f in compiled.values():
+            jax.block_until_ready(f(*args))
+        for _ in range(repeats):
+            for k, f in compiled.items():
+                start = time.perf_counter()
+                jax.block_until_ready(f(*args))
+                times[k].append(time.perf_counter() - start)
+        row = {"kernel": name}
+        row.update({f"{k}_ms": round(1000 * statistics.median(v), 2) for k, v in times.items()})
+        rows.append(row)
+        print(f"{name:26s}" + "".join(f" {row[f'{k}_ms']:14.2f}" for k in option_sets), flush=True)
+    return rows
 
 
 def compare(model_name: str, args) -> dict:
@@ -78,10 +134,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data_npz_dir", default="")
     parser.add_argument(
+        "--kernels", action="store_true", help="time single kernels instead of the models"
+    )
+    parser.add_argument(
         "--out", default=f"benchmarks/results/xla_options_{jax.default_backend()}.json"
     )
     args = parser.parse_args()
     args.sample_batch, args.steps_per_call, args.precision = args.batch, 0, "fp32"
+    if args.kernels:
+        print(f"{'ms per call':26s} {'XLA defaults':>14s} {'YNNPACK off':>14s} {'jaxdiff':>14s}")
+        write_json(compare_kernels(20 * args.repeats), args.out.replace(".json", "_kernels.json"))
+        return
     for name in args.models.split(","):
         if name not in MODELS:
             sys.exit(f"error: unknown model {name!r}; choose from {sorted(MODELS)}")
@@ -99,10 +162,14 @@ def main() -> None:
             f"   train {row['train_speedup']:.2f}x, sample {row['sample_speedup']:.2f}x",
             flush=True,
         )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    write_json(rows, args.out)
+
+
+def write_json(rows: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
         json.dump(rows, f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """`jit`: `jax.jit` with the XLA options every jaxdiff program is compiled with.
 
-On CPU, XLA (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK
-fusions by default. With XLA's own kernels instead, jaxdiff's programs sampled
-1.14-1.51x faster on 2 CPU cores, and trained the residual U-Nets 1.12x and
-the seed nets (at their batch of 64) 1.05-1.13x as fast; the seed nets at
-batch 32 trained 0.88-0.91x as fast (benchmarks/xla_options.py, the same
-programs compiled both ways and timed in turns; docs/performance.md). So on
-CPU jaxdiff compiles with YNNPACK fusions off, unless `XLA_FLAGS` sets the
-option itself, or this XLA does not know it.
+On CPU, XLA (jaxlib 0.10) hands convolutions, single dots and reductions to
+YNNPACK fusions by default. On 2 CPU cores YNNPACK's convolutions were about
+half as fast as XLA's own kernels, and its reductions several times faster;
+a training step's backward pass is full of such reductions (bias and
+normalization gradients). So on CPU jaxdiff keeps YNNPACK for reductions and
+single dots and gives convolutions to XLA's own kernels, unless `XLA_FLAGS`
+sets the option itself, or this XLA does not know it. The figures, kernel by
+kernel and for whole train and sampling calls, are in docs/performance.md
+(benchmarks/xla_options.py).
 """
 
 import functools
@@ -16,7 +17,8 @@ from collections.abc import Callable
 
 import jax
 
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_YNNPACK_FUSIONS = ("LIBRARY_FUSION_TYPE_REDUCE", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(_YNNPACK_FUSIONS)}
 
 
 @functools.cache

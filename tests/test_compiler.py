@@ -10,29 +10,41 @@ from jaxdiff import compiler
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
 
-def _conv_net(x, kernel):
-    y = jax.lax.conv_general_dilated(
+def _conv(x, kernel):
+    return jax.lax.conv_general_dilated(
         x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    return jnp.tanh(y).sum(axis=(1, 2))
+
+
+def _sum_over_batch_and_space(x):
+    return jnp.sum(x, axis=(0, 1, 2))
 
 
 def _inputs():
     keys = jax.random.split(jax.random.key(0))
-    return jax.random.normal(keys[0], (4, 16, 16, 8)), jax.random.normal(keys[1], (3, 3, 8, 16))
+    return jax.random.normal(keys[0], (4, 16, 16, 8)), jax.random.normal(keys[1], (3, 3, 8, 32))
+
+
+def _has_ynnpack_fusion(compiled) -> bool:
+    return "__ynn_fusion" in compiled.as_text()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
-def test_cpu_programs_compile_without_ynnpack_fusions_and_compute_the_same():
-    if compiler.compiler_options() != {OPTION: ""}:
+def test_convolutions_leave_ynnpack_and_reductions_stay_with_the_same_values():
+    if compiler.compiler_options() != compiler._CPU_OPTIONS:
         pytest.skip("this XLA has no YNNPACK fusion option, or XLA_FLAGS sets it")
     x, kernel = _inputs()
-    default = jax.jit(_conv_net).lower(x, kernel).compile()
-    if "__ynn_fusion" not in default.as_text():
+    default_conv = jax.jit(_conv).lower(x, kernel).compile()
+    if not _has_ynnpack_fusion(default_conv):
         pytest.skip("this XLA puts no convolution into a YNNPACK fusion")
-    ours = compiler.jit(_conv_net).lower(x, kernel).compile()
-    assert "__ynn_fusion" not in ours.as_text()
-    np.testing.assert_allclose(ours(x, kernel), default(x, kernel), rtol=1e-5, atol=1e-5)
+    ours_conv = compiler.jit(_conv).lower(x, kernel).compile()
+    assert not _has_ynnpack_fusion(ours_conv)
+    np.testing.assert_allclose(ours_conv(x, kernel), default_conv(x, kernel), rtol=1e-5, atol=1e-5)
+
+    default_sum = jax.jit(_sum_over_batch_and_space).lower(x).compile()
+    ours_sum = compiler.jit(_sum_over_batch_and_space).lower(x).compile()
+    assert _has_ynnpack_fusion(ours_sum) == _has_ynnpack_fusion(default_sum)
+    np.testing.assert_allclose(ours_sum(x), default_sum(x), rtol=1e-5, atol=1e-5)
 
 
 def test_an_option_set_in_xla_flags_is_left_to_it(monkeypatch):
@@ -43,7 +55,7 @@ def test_an_option_set_in_xla_flags_is_left_to_it(monkeypatch):
     finally:
         monkeypatch.undo()
         compiler.compiler_options.cache_clear()
-    expected = {OPTION: ""} if jax.default_backend() == "cpu" else {}
+    expected = compiler._CPU_OPTIONS if jax.default_backend() == "cpu" else {}
     # Without the flag the option is back (where this XLA knows it).
     assert compiler.compiler_options() in (expected, {})
 
