@@ -340,6 +340,10 @@ class TorchSide:
         # Static shapes, as XLA compiles them (automatic dynamic shapes broke inductor on
         # the CIFAR-10 twin).
         net = torch.compile(model, dynamic=False) if compiled else model
+        # Every twin of one class shares `forward`'s code object, so the compilations of
+        # all models in a run (each in training and no-grad mode) count against one
+        # recompile limit, 8 by default; past it dynamo quietly runs the twin eager.
+        torch._dynamo.config.recompile_limit = 64
         net.num_classes = model.num_classes
         x = torch.tensor(images, device=self.device).permute(0, 3, 1, 2).float() / 255.0
         if config.data.centered:
