@@ -26,7 +26,9 @@ from jaxdiff.models.layers import (
     GaussianFourierProjection,
     MultiHeadAttention,
     SpatialTransformer,
+    resize_to,
     strided_conv_general_dilated,
+    upsample2x_conv_general_dilated,
 )
 from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
@@ -301,6 +303,48 @@ def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):
 def test_strided_conv_rejects_what_it_does_not_compute():
     layer = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=strided_conv_general_dilated)
     with pytest.raises(ValueError, match="NHWC VALID convolution"):
+        layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
+
+
+class _ResizeThenConv(nn.Module):
+    """The reference: nearest 2x resize of the map, then flax's 3x3 SAME conv."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(5, (3, 3))(resize_to(x, 2 * x.shape[1], 2 * x.shape[2]))
+
+
+# Square and oblong maps, even and odd sides (the U-Nets' 7 -> 14 among them).
+@pytest.mark.parametrize("side", [(4, 4), (7, 3)])
+def test_upsample2x_conv_is_resize_then_conv_in_value_and_both_derivatives(side):
+    x = jax.random.normal(jax.random.key(1), (2, *side, 3))
+    ours = nn.Conv(5, (3, 3), conv_general_dilated=upsample2x_conv_general_dilated)
+    params = ours.init(jax.random.key(0), x)
+    reference = _ResizeThenConv()
+    ref_params = reference.init(jax.random.key(0), x)
+    # The same parameters (names and shapes) as flax's conv: checkpoints carry over.
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    assert shapes(params["params"]) == shapes(ref_params["params"]["Conv_0"])
+    as_ref = lambda p: {"params": {"Conv_0": p["params"]}}  # noqa: E731
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)
+    y = ours.apply(params, x)
+    assert y.shape == (2, 2 * side[0], 2 * side[1], 5)
+    np.testing.assert_allclose(y, reference.apply(as_ref(params), x), rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.key(2), y.shape)
+    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
+    ref = jax.grad(lambda p, x: jnp.vdot(reference.apply(as_ref(p), x), cotangent), (0, 1))(
+        params, x
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
+    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
+    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
+    _, ref_jvp = jax.jvp(lambda p, x: reference.apply(as_ref(p), x), (params, x), tangents)
+    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
+
+
+def test_upsample2x_conv_rejects_what_it_does_not_compute():
+    layer = nn.Conv(4, (3, 3), 2, conv_general_dilated=upsample2x_conv_general_dilated)
+    with pytest.raises(ValueError, match="3x3 NHWC SAME convolution with stride 1"):
         layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
 
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.models.layers import Dtype, ResBlock, group_count, resize_to
+from jaxdiff.models.layers import Dtype, ResBlock, group_count, resize_and_conv
 
 
 def level_sides(side: int, levels: int) -> list[int]:
@@ -66,8 +66,9 @@ class Decoder(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(self.channels[level], dtype=self.dtype)(h, None, False)
             if level > 0:
-                h = resize_to(h, heights[level - 1], widths[level - 1])
-                h = nn.Conv(self.channels[level - 1], (3, 3), dtype=self.dtype)(h)
+                h = resize_and_conv(
+                    h, heights[level - 1], widths[level - 1], self.channels[level - 1], self.dtype
+                )
         h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         return nn.Conv(self.image_shape[-1], (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 

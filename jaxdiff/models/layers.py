@@ -174,6 +174,96 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="nearest")
 
 
+def upsample2x_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Nearest 2x upsampling of NHWC `x`, then a 3x3 SAME convolution with the
+    HWIO `kernel` (no bias), computed on `x` itself.
+
+    The same function as `resize_to(x, 2h, 2w)` followed by
+    `flax.linen.Conv(features, (3, 3))`, at 4/9 of the multiply-adds (plus a
+    border): output row 2i+a sees upsampled rows 2i+a-1..2i+a+1, which are x
+    rows (i-1, i, i) for a=0 and (i, i, i+1) for a=1, so each of the four
+    output phases (a, b) is a 2x2 convolution of `x` with taps of `kernel`
+    summed. The four phase kernels run as one convolution of the padded `x`
+    with 4x the output channels, and the phases are interleaved after.
+    """
+    n, h, w, _ = x.shape
+    out = kernel.shape[-1]
+
+    def two_taps(k, axis):  # Phase 0's and phase 1's taps along one axis of a 3-tap kernel.
+        k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+        return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
+
+    phase_kernels = [col for row in two_taps(kernel, 0) for col in two_taps(row, 1)]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = jax.lax.conv_general_dilated(
+        padded,
+        jnp.concatenate(phase_kernels, axis=-1),
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    # Phase (a, b) of output pixel (i, j) is y[i + a, j + b] in that phase's channels.
+    rows = []
+    for a in (0, 1):
+        cols = [
+            y[:, a : a + h, b : b + w, (2 * a + b) * out : (2 * a + b + 1) * out] for b in (0, 1)
+        ]
+        rows.append(jnp.stack(cols, axis=3))
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, out)
+
+
+def upsample2x_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+) -> jax.Array:
+    """`upsample2x_conv` behind `lax.conv_general_dilated`'s signature, for
+    `flax.linen.Conv(features, (3, 3), conv_general_dilated=...)` applied to the
+    map before upsampling: the layer keeps flax's parameters (and so its
+    checkpoints). Only a 3x3 NHWC SAME convolution with stride 1, no dilation,
+    no groups and the default precision is accepted."""
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if (
+        padding != "SAME"
+        or rhs.shape[:2] != (3, 3)
+        or tuple(window_strides) != (1, 1)
+        or not plain
+        or feature_group_count != 1
+        or precision is not None
+        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+    ):
+        raise ValueError(
+            "upsample2x_conv takes a 3x3 NHWC SAME convolution with stride 1, no dilation, "
+            f"groups or precision, not a {rhs.shape[:2]} kernel, padding={padding!r} "
+            f"strides={window_strides} dilations={lhs_dilation},{rhs_dilation} "
+            f"groups={feature_group_count} precision={precision}"
+        )
+    return upsample2x_conv(lhs, rhs)
+
+
+def resize_and_conv(
+    x: jax.Array, height: int, width: int, features: int, dtype: Dtype
+) -> jax.Array:
+    """Nearest resize of NHWC `x` to (height, width), then a 3x3 SAME `nn.Conv`.
+
+    Call inside a compact method: the conv is a submodule. An exact 2x resize
+    runs the two as `upsample2x_conv`, with the same parameters.
+    """
+    if (height, width) == (2 * x.shape[1], 2 * x.shape[2]):
+        conv = nn.Conv(
+            features, (3, 3), dtype=dtype, conv_general_dilated=upsample2x_conv_general_dilated
+        )
+        return conv(x)
+    return nn.Conv(features, (3, 3), dtype=dtype)(resize_to(x, height, width))
+
+
 # The seed net's convolutions. Its encoder's VALID strided convs and its
 # decoder's transposed convs are adjoint to each other, and differentiating one
 # gives the other; XLA picks slow forms for some of what that produces:

@@ -21,6 +21,7 @@ from jaxdiff.models.layers import (
     SpatialTransformer,
     TimeEmbedding,
     group_count,
+    resize_and_conv,
     resize_to,
     strided_conv_general_dilated,
 )
@@ -127,7 +128,8 @@ class UNet(nn.Module, ConditioningMixin):
     """The "enhanced" score network: DDPM-style residual U-Net with self-attention.
 
     `channels[i]` is the width at level i; resolution halves between levels
-    (strided 3x3 conv down, nearest resize + 3x3 conv up). Each level has
+    (strided 3x3 conv down, nearest resize + 3x3 conv up, the latter computed
+    on the small map by `layers.upsample2x_conv` where the resize is exactly 2x). Each level has
     `num_res_blocks` residual blocks (one more on the way up, fed by the
     concatenated skips), and self-attention where the feature map's side is in
     `attention_resolutions`. The bottleneck is res-attn-res. Conditional
@@ -185,8 +187,7 @@ class UNet(nn.Module, ConditioningMixin):
                 if h.shape[1] in self.attention_resolutions:
                     h = attn()(h)
             if level > 0:
-                h = resize_to(h, *skips[-1].shape[1:3])
-                h = nn.Conv(self.channels[level], (3, 3), dtype=self.dtype)(h)
+                h = resize_and_conv(h, *skips[-1].shape[1:3], self.channels[level], self.dtype)
 
         h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
