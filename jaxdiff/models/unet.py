@@ -128,9 +128,9 @@ class UNet(nn.Module, ConditioningMixin):
     """The "enhanced" score network: DDPM-style residual U-Net with self-attention.
 
     `channels[i]` is the width at level i; resolution halves between levels
-    (strided 3x3 conv down, nearest resize + 3x3 conv up, the latter computed
-    on the small map by `layers.upsample2x_conv` where the resize is exactly 2x). Each level has
-    `num_res_blocks` residual blocks (one more on the way up, fed by the
+    (strided 3x3 conv down; nearest resize + 3x3 conv up, computed on the small
+    map by `layers.upsample2x_conv` where the resize is exactly 2x). Each level
+    has `num_res_blocks` residual blocks (one more on the way up, fed by the
     concatenated skips), and self-attention where the feature map's side is in
     `attention_resolutions`. The bottleneck is res-attn-res. Conditional
     (`num_classes > 0`): every attention block is a spatial transformer
