@@ -212,6 +212,20 @@ def upsample2x_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, out)
 
 
+def _is_plain_nhwc_conv(
+    lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision
+) -> bool:
+    """Whether `lax.conv_general_dilated`'s arguments name an NHWC/HWIO convolution
+    with no dilation, no groups and the default precision."""
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    return (
+        all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and feature_group_count == 1
+        and precision is None
+        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    )
+
+
 def upsample2x_conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -228,17 +242,10 @@ def upsample2x_conv_general_dilated(
     map before upsampling: the layer keeps flax's parameters (and so its
     checkpoints). Only a 3x3 NHWC SAME convolution with stride 1, no dilation,
     no groups and the default precision is accepted."""
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if (
-        padding != "SAME"
-        or rhs.shape[:2] != (3, 3)
-        or tuple(window_strides) != (1, 1)
-        or not plain
-        or feature_group_count != 1
-        or precision is not None
-        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
-    ):
+    plain = _is_plain_nhwc_conv(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision
+    )
+    if padding != "SAME" or rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1) or not plain:
         raise ValueError(
             "upsample2x_conv takes a 3x3 NHWC SAME convolution with stride 1, no dilation, "
             f"groups or precision, not a {rhs.shape[:2]} kernel, padding={padding!r} "
@@ -491,16 +498,10 @@ def strided_conv_general_dilated(
     parameters (and so its checkpoints). Only what `strided_conv` computes,
     an NHWC VALID convolution with equal strides, no dilation, no groups and
     the default precision, is accepted."""
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if (
-        padding != "VALID"
-        or not plain
-        or feature_group_count != 1
-        or precision is not None
-        or len(set(window_strides)) != 1
-        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
-    ):
+    plain = _is_plain_nhwc_conv(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision
+    )
+    if padding != "VALID" or len(set(window_strides)) != 1 or not plain:
         raise ValueError(
             "strided_conv takes an NHWC VALID convolution with equal strides, no "
             f"dilation, groups or precision, not padding={padding!r} strides={window_strides} "
