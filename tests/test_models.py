@@ -21,9 +21,11 @@ from configs import (
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, layers, make_score_fn
+from jaxdiff.models import unet as unet_module
 from jaxdiff.models.layers import (
     ConvTranspose,
     GaussianFourierProjection,
+    GroupNorm,
     MultiHeadAttention,
     SpatialTransformer,
     resize_to,
@@ -346,6 +348,78 @@ def test_upsample2x_conv_rejects_what_it_does_not_compute():
     layer = nn.Conv(4, (3, 3), 2, conv_general_dilated=upsample2x_conv_general_dilated)
     with pytest.raises(ValueError, match="3x3 NHWC SAME convolution with stride 1"):
         layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
+
+
+def _numpy_group_norm(x, groups, scale, bias, eps=1e-6):
+    """Two-pass reference: normalise each (image, group) over its pixels and channels."""
+    x = np.asarray(x, np.float64)
+    g = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+# Maps with pixels off zero mean and unit variance; groups of several channels,
+# and one channel per group (the classifier's instance norm).
+@pytest.mark.parametrize("shape,groups", [((3, 5, 4, 12), 4), ((2, 3, 6, 8), 8), ((2, 7, 16), 2)])
+def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(shape, groups):
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = 3.0 + 2.0 * jax.random.normal(keys[0], shape) * jnp.arange(1, shape[-1] + 1) / shape[-1]
+    ours, reference = GroupNorm(groups), nn.GroupNorm(groups)
+    params = ours.init(keys[1], x)
+    # The same parameters (names and shapes) as flax's: checkpoints carry over.
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    assert shapes(params) == shapes(reference.init(keys[1], x))
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(keys[2], a.shape), params)
+    y = ours.apply(params, x)
+    p = params["params"]
+    np.testing.assert_allclose(
+        y, _numpy_group_norm(x, groups, p["scale"], p["bias"]), rtol=1e-4, atol=1e-4
+    )
+    # Both compute the variance as E[x^2] - E[x]^2 in float32 (mean 3 here): they
+    # differ from the float64 reference, and so from each other, by ~3e-5.
+    np.testing.assert_allclose(y, reference.apply(params, x), rtol=1e-4, atol=1e-4)
+    cotangent = jax.random.normal(keys[3], y.shape)
+    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
+    ref = jax.grad(lambda p, x: jnp.vdot(reference.apply(p, x), cotangent), (0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
+    tangents = (jax.tree.map(jnp.ones_like, params), cotangent.reshape(x.shape))
+    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
+    _, ref_jvp = jax.jvp(reference.apply, (params, x), tangents)
+    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_in_bfloat16_keeps_float32_statistics_and_parameters():
+    x = 100.0 + jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    ours, reference = GroupNorm(4, dtype=jnp.bfloat16), nn.GroupNorm(4, dtype=jnp.bfloat16)
+    params = ours.init(jax.random.key(1), x.astype(jnp.bfloat16))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    y = ours.apply(params, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    # A mean of 100 and unit spread: bfloat16 statistics would lose the spread.
+    ref = reference.apply(params, x.astype(jnp.bfloat16)).astype(jnp.float32)
+    np.testing.assert_allclose(y.astype(jnp.float32), ref, atol=0.05)
+    assert float(jnp.std(y.astype(jnp.float32))) == pytest.approx(1.0, abs=0.05)
+
+
+def test_group_norm_refuses_channels_that_do_not_split_into_groups():
+    with pytest.raises(ValueError, match="10 channels do not split into 4 groups"):
+        GroupNorm(4).init(jax.random.key(0), jnp.ones((1, 2, 2, 10)))
+
+
+def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
+    """Checkpoints written with flax's GroupNorm load into every network unchanged."""
+    for config_module in (mnist, cifar10, cifar10_cond):
+        config = config_module.get_config()
+        image_shape, num_classes = dataset_info(config.data.dataset)
+        model = create_model(config.model, image_shape, num_classes=num_classes)
+        ours = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
+        with monkeypatch.context() as patch:
+            for module in (layers, unet_module):
+                patch.setattr(module, "GroupNorm", nn.GroupNorm)
+            flax_shapes = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
+        assert "GroupNorm_0" in str(jax.tree_util.tree_structure(ours))
+        assert flax_shapes == ours
 
 
 def test_transposed_conv_rejects_an_unreachable_size():

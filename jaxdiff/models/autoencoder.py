@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.models.layers import Dtype, ResBlock, group_count, resize_and_conv
+from jaxdiff.models.layers import Dtype, GroupNorm, ResBlock, group_count, resize_and_conv
 
 
 def level_sides(side: int, levels: int) -> list[int]:
@@ -39,7 +39,7 @@ class Encoder(nn.Module):
                 h = ResBlock(width, dtype=self.dtype)(h, None, False)
             if level < len(self.channels) - 1:
                 h = nn.Conv(width, (3, 3), (2, 2), dtype=self.dtype)(h)
-        h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         outputs = self.latent_channels * (2 if self.variational else 1)
         h = nn.Conv(outputs, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
         if not self.variational:
@@ -69,7 +69,7 @@ class Decoder(nn.Module):
                 h = resize_and_conv(
                     h, heights[level - 1], widths[level - 1], self.channels[level - 1], self.dtype
                 )
-        h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         return nn.Conv(self.image_shape[-1], (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 
 

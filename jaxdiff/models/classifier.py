@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.models.layers import group_count
+from jaxdiff.models.layers import GroupNorm, group_count
 
 
 class _Block(nn.Module):
@@ -25,14 +25,14 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         groups = self.norm_groups
-        h = nn.relu(nn.GroupNorm(group_count(x.shape[-1], groups), dtype=self.dtype)(x))
+        h = nn.relu(GroupNorm(group_count(x.shape[-1], groups), dtype=self.dtype)(x))
         skip = x
         if self.stride != 1 or x.shape[-1] != self.channels:
             # From the normalised input, as pre-activation ResNets do: the raw
             # stream's scale grows with depth.
             skip = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False, dtype=self.dtype)(h)
         h = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False, dtype=self.dtype)(h)
-        h = nn.relu(nn.GroupNorm(group_count(self.channels, groups), dtype=self.dtype)(h))
+        h = nn.relu(GroupNorm(group_count(self.channels, groups), dtype=self.dtype)(h))
         h = nn.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(h)
         return skip + h
 
@@ -61,7 +61,7 @@ class Classifier(nn.Module):
                 stride = 2 if level > 0 and block == 0 else 1
                 h = _Block(width, stride, self.norm_groups, self.dtype)(h)
         groups = group_count(h.shape[-1], self.norm_groups)
-        h = nn.relu(nn.GroupNorm(groups, dtype=self.dtype)(h))
+        h = nn.relu(GroupNorm(groups, dtype=self.dtype)(h))
         features = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
         logits = nn.Dense(self.num_classes)(features)
         return logits, features

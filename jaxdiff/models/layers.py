@@ -17,6 +17,51 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return math.gcd(channels, max_groups)
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation over all axes but the first (batch) and last (channels).
+
+    The same function, parameters (`scale`, `bias`) and default name as
+    `flax.linen.GroupNorm(num_groups)` (statistics in float32, the variance as
+    E[x^2] - E[x]^2), so checkpoints carry over. It is computed in the form
+    XLA runs fast: per-channel means over the pixels, combined into group
+    statistics, then one multiply-add per element with a per-image, per-channel
+    scale and shift. flax reduces and normalises through an (N, pixels, groups,
+    channels per group) view; on the CPU this form ran the U-Nets' forward pass
+    (sampling) about 1.1x as fast (benchmarks/group_norm.py).
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        if channels % self.num_groups:
+            raise ValueError(f"{channels} channels do not split into {self.num_groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, scale)
+        x32 = x.astype(jnp.float32)
+        pixels = tuple(range(1, x.ndim - 1))
+
+        def per_group(channel_means: jax.Array) -> jax.Array:
+            return channel_means.reshape(x.shape[0], self.num_groups, -1).mean(-1)
+
+        def per_channel(group_values: jax.Array) -> jax.Array:
+            # (N, groups) -> (N, 1, ..., 1, channels), broadcast over the pixels.
+            values = jnp.repeat(group_values, channels // self.num_groups, axis=1)
+            return values.reshape(x.shape[0], *(1,) * len(pixels), channels)
+
+        mean = per_group(jnp.mean(x32, axis=pixels))
+        mean_of_squares = per_group(jnp.mean(jnp.square(x32), axis=pixels))
+        inv_std = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean**2, 0.0) + self.epsilon)
+        multiplier = per_channel(inv_std) * scale.astype(jnp.float32)
+        shift = bias.astype(jnp.float32) - per_channel(mean) * multiplier
+        return (x32 * multiplier + shift).astype(dtype)
+
+
 class GaussianFourierProjection(nn.Module):
     """Random Fourier features of t: [sin(2 pi t W), cos(2 pi t W)], W ~ N(0, scale^2).
 
@@ -61,11 +106,11 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         in_channels = x.shape[-1]
-        h = nn.swish(nn.GroupNorm(group_count(in_channels), dtype=self.dtype)(x))
+        h = nn.swish(GroupNorm(group_count(in_channels), dtype=self.dtype)(x))
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
         if temb is not None:
             h = h + nn.Dense(self.out_channels, dtype=self.dtype)(temb)[:, None, None, :]
-        h = nn.swish(nn.GroupNorm(group_count(self.out_channels), dtype=self.dtype)(h))
+        h = nn.swish(GroupNorm(group_count(self.out_channels), dtype=self.dtype)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         # Zero-initialised last conv: each block starts as the identity, which
         # keeps early training stable in deep nets (DDPM, NCSN++).
@@ -118,7 +163,7 @@ class SelfAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        y = nn.GroupNorm(group_count(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+        y = GroupNorm(group_count(c), dtype=self.dtype)(x).reshape(b, h * w, c)
         out = MultiHeadAttention(self.num_heads, zero_init_output=True, dtype=self.dtype)(y)
         return x + out.reshape(b, h, w, c)
 

@@ -16,6 +16,7 @@ from jaxdiff.models.layers import (
     ClassContext,
     ConvTranspose,
     Dtype,
+    GroupNorm,
     ResBlock,
     SelfAttentionBlock,
     SpatialTransformer,
@@ -97,7 +98,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
 
         def add_time_and_normalize(h, groups=32):
             h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
-            return nn.swish(nn.GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)(h))
+            return nn.swish(GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)(h))
 
         # Encoder: 28 -> 26 -> 12 -> 5 -> 2 on MNIST.
         h = x.astype(self.dtype)
@@ -189,6 +190,6 @@ class UNet(nn.Module, ConditioningMixin):
             if level > 0:
                 h = resize_and_conv(h, *skips[-1].shape[1:3], self.channels[level], self.dtype)
 
-        h = nn.swish(nn.GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return h.astype(jnp.float32)
