@@ -2,23 +2,26 @@
 
     python benchmarks/group_norm.py                # batch 32 on CPU, 256 elsewhere
 
-The two compute the same function with the same parameters; jaxdiff's reduces
-per channel first and normalises with one per-channel multiply-add, where flax
-reduces and normalises through a (batch, pixels, groups, channels per group)
-view. Times, compiled as jaxdiff compiles (`jaxdiff.compiler`) and in turns,
-medians of `--repeats`:
+The two compute the same function with the same parameters. flax reduces and
+normalises through a (batch, pixels, groups, channels per group) view;
+jaxdiff's networks do the same in training, and elsewhere (`train=False`)
+reduce per channel first and normalise with one per-channel multiply-add
+(`per_channel=True`). Times, compiled as jaxdiff compiles (`jaxdiff.compiler`)
+and in turns, medians of `--repeats`:
 
-- each U-Net's GroupNorm + swish at its map sizes, forward (sampling) and
-  forward + gradients of input and parameters (training);
-- whole score networks built both ways, the forward pass and the gradient of
-  a loss, at the same batch.
+- each U-Net's GroupNorm + swish at its map sizes, flax's against the
+  per-channel form: forward (sampling) and forward + gradients of input and
+  parameters;
+- whole models built both ways, as benchmarks/run.py builds them: the train
+  call (`--train_steps` steps) and the Euler-Maruyama sampler
+  (`--sample_steps` steps), at the same batch.
 
 Prints the tables and writes them as JSON (`--out`).
 """
 
 import argparse
 import contextlib
-import importlib
+import functools
 import json
 import os
 import statistics
@@ -32,9 +35,12 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from run import MODELS, JaxSide, benchmark_images
+
 from jaxdiff.compiler import jit
-from jaxdiff.data import dataset_info
-from jaxdiff.models import create_model, layers, unet
+from jaxdiff.models import layers, unet
 from jaxdiff.models.layers import GroupNorm, group_count
 
 # (config, map side, channels) of GroupNorm + swish layers in the U-Nets.
@@ -47,7 +53,6 @@ LAYERS = (
     ("cifar10", 16, 128),
     ("cifar10", 8, 256),
 )
-MODELS = ("mnist", "fashion_mnist", "cifar10")
 KINDS = ("flax", "jaxdiff")
 
 
@@ -69,7 +74,8 @@ def layer_rows(batch: int, repeats: int) -> list[dict]:
     for config, side, channels in LAYERS:
         x = 1.0 + jax.random.normal(jax.random.key(0), (batch, side, side, channels))
         programs, params = {}, None
-        for kind, norm in zip(KINDS, (nn.GroupNorm, GroupNorm), strict=True):
+        layers_both_ways = (nn.GroupNorm, functools.partial(GroupNorm, per_channel=True))
+        for kind, norm in zip(KINDS, layers_both_ways, strict=True):
             layer = norm(group_count(channels))
             params = params or layer.init(jax.random.key(1), x)
             forward = lambda p, x, layer=layer: nn.swish(layer.apply(p, x))  # noqa: E731
@@ -82,38 +88,43 @@ def layer_rows(batch: int, repeats: int) -> list[dict]:
     return rows
 
 
+def flax_group_norm(num_groups: int, dtype=None, per_channel: bool = False) -> nn.Module:
+    """flax's GroupNorm, called as the networks call jaxdiff's."""
+    del per_channel  # flax has one form.
+    return nn.GroupNorm(num_groups, dtype=dtype)
+
+
 @contextlib.contextmanager
-def networks_using(norm: type[nn.Module]):
-    """Builds and traces the score networks with `norm` as their GroupNorm."""
-    # The networks look GroupNorm up in these modules when they are traced.
+def networks_using(norm):
+    """Inside: the score networks are built with `norm` as their GroupNorm."""
+    # The networks look GroupNorm up in these modules when they are traced,
+    # which JaxSide does when it warms its programs up.
     with mock.patch.object(layers, "GroupNorm", norm), mock.patch.object(unet, "GroupNorm", norm):
         yield
 
 
-def model_rows(batch: int, repeats: int) -> list[dict]:
+def model_rows(args) -> list[dict]:
+    """Each model's train call and sampler, as benchmarks/run.py builds them, both ways."""
     rows = []
-    for name in MODELS:
-        config = importlib.import_module(f"configs.{name}").get_config()
-        image_shape, num_classes = dataset_info(config.data.dataset)
-        x = jax.random.normal(jax.random.key(0), (batch, *image_shape))
-        t = jnp.linspace(0.1, 1.0, batch)
-        programs, variables = {}, None
-        for kind, norm in zip(KINDS, (nn.GroupNorm, GroupNorm), strict=True):
+    for name in args.models.split(","):
+        config = MODELS[name]
+        images, labels = benchmark_images(config().data.dataset)
+        sides = {}
+        for kind, norm in zip(KINDS, (flax_group_norm, GroupNorm), strict=True):
             with networks_using(norm):
-                model = create_model(config.model, image_shape, num_classes=num_classes)
-                variables = variables or model.init(jax.random.key(1), x, t)
-                # A new function object per network: jit's trace cache would take two
-                # equal flax modules' bound `apply` for one function.
-                forward = jit(lambda v, x, t, model=model: model.apply(v, x, t))
-                loss = lambda v, x, t, model=model: jnp.sum(model.apply(v, x, t) ** 2)  # noqa: E731
-                gradient = jit(jax.grad(loss))
-                # Traced (and compiled) here, while the patch is in place.
-                jax.block_until_ready((forward(variables, x, t), gradient(variables, x, t)))
-            programs[("forward", kind)] = forward
-            programs[("gradient", kind)] = gradient
-        seconds = time_in_turns(programs, (variables, x, t), repeats)
-        for kind in ("forward", "gradient"):
-            rows.append(row(name, kind, batch, seconds))
+                sides[kind] = JaxSide(config(), args, images, labels)  # Built and warmed up.
+        times = {(what, kind): [] for what in ("train", "sample") for kind in KINDS}
+        for _ in range(args.model_repeats):
+            for kind, side in sides.items():
+                start = time.perf_counter()
+                side.train()
+                middle = time.perf_counter()
+                side.sample()
+                times[("train", kind)].append(middle - start)
+                times[("sample", kind)].append(time.perf_counter() - middle)
+        seconds = {key: statistics.median(t) for key, t in times.items()}
+        rows.append(row(name, "train", args.batch, seconds))
+        rows.append(row(name, "sample", args.batch, seconds))
     return rows
 
 
@@ -137,16 +148,23 @@ def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     parser.add_argument("--batch", type=int, default=32 if on_cpu else 256)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--model_repeats", type=int, default=7)
+    parser.add_argument("--models", default="seed_cond,mnist,fashion_mnist,cifar10")
+    parser.add_argument("--train_steps", type=int, default=2)
+    parser.add_argument("--sample_steps", type=int, default=5)
+    parser.add_argument("--model_repeats", type=int, default=5)
     parser.add_argument(
         "--out", default=f"benchmarks/results/group_norm_{jax.default_backend()}.json"
     )
     args = parser.parse_args()
+    for name in args.models.split(","):
+        if name not in MODELS:
+            sys.exit(f"error: unknown model {name!r}; choose from {sorted(MODELS)}")
+    args.sample_batch, args.steps_per_call, args.precision = args.batch, 0, "fp32"
     header = f"{'flax ms':>10s} {'jaxdiff ms':>11s} {'speed-up':>9s}"
     print(f"{'GroupNorm + swish':28s} {'pass':18s} {header}")
     rows = {"layers": layer_rows(args.batch, args.repeats)}
-    print(f"\n{'score network':28s} {'pass':18s} {header}")
-    rows["models"] = model_rows(args.batch, args.model_repeats)
+    print(f"\n{'model':28s} {'call':18s} {header}")
+    rows["models"] = model_rows(args)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)

@@ -362,10 +362,11 @@ def _numpy_group_norm(x, groups, scale, bias, eps=1e-6):
 # Maps with pixels off zero mean and unit variance; groups of several channels,
 # and one channel per group (the classifier's instance norm).
 @pytest.mark.parametrize("shape,groups", [((3, 5, 4, 12), 4), ((2, 3, 6, 8), 8), ((2, 7, 16), 2)])
-def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(shape, groups):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(shape, groups, per_channel):
     keys = jax.random.split(jax.random.key(0), 4)
     x = 3.0 + 2.0 * jax.random.normal(keys[0], shape) * jnp.arange(1, shape[-1] + 1) / shape[-1]
-    ours, reference = GroupNorm(groups), nn.GroupNorm(groups)
+    ours, reference = GroupNorm(groups, per_channel=per_channel), nn.GroupNorm(groups)
     params = ours.init(keys[1], x)
     # The same parameters (names and shapes) as flax's: checkpoints carry over.
     shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
@@ -389,9 +390,11 @@ def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(shape, grou
     np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-4, atol=1e-4)
 
 
-def test_group_norm_in_bfloat16_keeps_float32_statistics_and_parameters():
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_group_norm_in_bfloat16_keeps_float32_statistics_and_parameters(per_channel):
     x = 100.0 + jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
-    ours, reference = GroupNorm(4, dtype=jnp.bfloat16), nn.GroupNorm(4, dtype=jnp.bfloat16)
+    ours = GroupNorm(4, dtype=jnp.bfloat16, per_channel=per_channel)
+    reference = nn.GroupNorm(4, dtype=jnp.bfloat16)
     params = ours.init(jax.random.key(1), x.astype(jnp.bfloat16))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     y = ours.apply(params, x.astype(jnp.bfloat16))
@@ -407,6 +410,12 @@ def test_group_norm_refuses_channels_that_do_not_split_into_groups():
         GroupNorm(4).init(jax.random.key(0), jnp.ones((1, 2, 2, 10)))
 
 
+def flax_group_norm(num_groups, dtype=None, per_channel=False):
+    """flax's GroupNorm, called as the networks call jaxdiff's."""
+    del per_channel  # The same function either way.
+    return nn.GroupNorm(num_groups, dtype=dtype)
+
+
 def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
     """Checkpoints written with flax's GroupNorm load into every network unchanged."""
     for config_module in (mnist, cifar10, cifar10_cond):
@@ -416,7 +425,7 @@ def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
         ours = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
         with monkeypatch.context() as patch:
             for module in (layers, unet_module):
-                patch.setattr(module, "GroupNorm", nn.GroupNorm)
+                patch.setattr(module, "GroupNorm", flax_group_norm)
             flax_shapes = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
         assert "GroupNorm_0" in str(jax.tree_util.tree_structure(ours))
         assert flax_shapes == ours

@@ -17,23 +17,67 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return math.gcd(channels, max_groups)
 
 
-class GroupNorm(nn.Module):
-    """Group normalisation over all axes but the first (batch) and last (channels).
+def group_norm(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    groups: int,
+    epsilon: float = 1e-6,
+    per_channel: bool = False,
+) -> jax.Array:
+    """Group normalisation of `x` over all axes but the first and last, in float32.
 
-    The same function, parameters (`scale`, `bias`) and default name as
-    `flax.linen.GroupNorm(num_groups)` (statistics in float32, the variance as
-    E[x^2] - E[x]^2), so checkpoints carry over. It is computed in the form
-    XLA runs fast: per-channel means over the pixels, combined into group
-    statistics, then one multiply-add per element with a per-image, per-channel
-    scale and shift. flax reduces and normalises through an (N, pixels, groups,
-    channels per group) view; on the CPU this form ran the U-Nets' forward pass
-    (sampling) about 1.1x as fast (benchmarks/group_norm.py).
+    The function `flax.linen.GroupNorm` computes, the variance as E[x^2] - E[x]^2,
+    in one of two forms. By default flax's: statistics over a (batch, pixels,
+    groups, channels per group) view, then (x - mean) * multiplier + bias per
+    channel. `per_channel`: means over the pixels of each channel, combined
+    into group statistics, then one multiply-add per element,
+    x * multiplier + shift.
+    On the CPU the per-channel form made the networks' evaluation (sampling)
+    1.1-1.5x as fast, but their training steps, which differentiate it, took
+    up to 1.15x as long (benchmarks/group_norm.py).
+    """
+    x32 = x.astype(jnp.float32)
+    scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
+    pixels = tuple(range(1, x.ndim - 1))
+    channels = x.shape[-1]
+
+    def to_channels(group_values: jax.Array) -> jax.Array:
+        # (N, groups) -> (N, 1, ..., 1, channels), broadcast over the pixels.
+        values = jnp.repeat(group_values, channels // groups, axis=1)
+        return values.reshape(x.shape[0], *(1,) * len(pixels), channels)
+
+    if per_channel:
+        mean = jnp.mean(x32, axis=pixels).reshape(x.shape[0], groups, -1).mean(-1)
+        mean_of_squares = jnp.mean(jnp.square(x32), axis=pixels)
+        mean_of_squares = mean_of_squares.reshape(x.shape[0], groups, -1).mean(-1)
+    else:
+        grouped = x32.reshape(x.shape[0], -1, groups, channels // groups)
+        mean = jnp.mean(grouped, axis=(1, 3))
+        mean_of_squares = jnp.mean(jnp.square(grouped), axis=(1, 3))
+    inv_std = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean**2, 0.0) + epsilon)
+    multiplier = to_channels(inv_std) * scale
+    if per_channel:
+        return x32 * multiplier + (bias - to_channels(mean) * multiplier)
+    return (x32 - to_channels(mean)) * multiplier + bias
+
+
+class GroupNorm(nn.Module):
+    """`group_norm` as a drop-in `flax.linen.GroupNorm(num_groups)`.
+
+    The same function, parameters (`scale`, `bias`, float32) and default name,
+    so checkpoints carry over; statistics are computed in float32 and the result
+    is cast to `dtype`. Networks set `per_channel` where they are evaluated and
+    not trained (`train=False`: sampling, evaluation), the form that evaluates
+    faster; training differentiates the grouped form, whose reverse mode was
+    the faster one.
     """
 
     num_groups: int = 32
     epsilon: float = 1e-6
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    per_channel: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -42,24 +86,8 @@ class GroupNorm(nn.Module):
             raise ValueError(f"{channels} channels do not split into {self.num_groups} groups")
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
-        dtype = self.dtype or jnp.result_type(x, scale)
-        x32 = x.astype(jnp.float32)
-        pixels = tuple(range(1, x.ndim - 1))
-
-        def per_group(channel_means: jax.Array) -> jax.Array:
-            return channel_means.reshape(x.shape[0], self.num_groups, -1).mean(-1)
-
-        def per_channel(group_values: jax.Array) -> jax.Array:
-            # (N, groups) -> (N, 1, ..., 1, channels), broadcast over the pixels.
-            values = jnp.repeat(group_values, channels // self.num_groups, axis=1)
-            return values.reshape(x.shape[0], *(1,) * len(pixels), channels)
-
-        mean = per_group(jnp.mean(x32, axis=pixels))
-        mean_of_squares = per_group(jnp.mean(jnp.square(x32), axis=pixels))
-        inv_std = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean**2, 0.0) + self.epsilon)
-        multiplier = per_channel(inv_std) * scale.astype(jnp.float32)
-        shift = bias.astype(jnp.float32) - per_channel(mean) * multiplier
-        return (x32 * multiplier + shift).astype(dtype)
+        y = group_norm(x, scale, bias, self.num_groups, self.epsilon, self.per_channel)
+        return y.astype(self.dtype or jnp.result_type(x, scale))
 
 
 class GaussianFourierProjection(nn.Module):
@@ -106,11 +134,12 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         in_channels = x.shape[-1]
-        h = nn.swish(GroupNorm(group_count(in_channels), dtype=self.dtype)(x))
+        norm = functools.partial(GroupNorm, dtype=self.dtype, per_channel=not train)
+        h = nn.swish(norm(group_count(in_channels))(x))
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
         if temb is not None:
             h = h + nn.Dense(self.out_channels, dtype=self.dtype)(temb)[:, None, None, :]
-        h = nn.swish(GroupNorm(group_count(self.out_channels), dtype=self.dtype)(h))
+        h = nn.swish(norm(group_count(self.out_channels))(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         # Zero-initialised last conv: each block starts as the identity, which
         # keeps early training stable in deep nets (DDPM, NCSN++).

@@ -87,7 +87,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
     def __call__(
         self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        del train  # The seed net has no dropout.
+        # The seed net has no dropout; `train` picks the GroupNorm form (see GroupNorm).
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
         context = self.context(labels, x.shape[0])
 
@@ -98,7 +98,10 @@ class SeedUNet(nn.Module, ConditioningMixin):
 
         def add_time_and_normalize(h, groups=32):
             h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
-            return nn.swish(GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)(h))
+            norm = GroupNorm(
+                group_count(h.shape[-1], groups), dtype=self.dtype, per_channel=not train
+            )
+            return nn.swish(norm(h))
 
         # Encoder: 28 -> 26 -> 12 -> 5 -> 2 on MNIST.
         h = x.astype(self.dtype)
@@ -190,6 +193,7 @@ class UNet(nn.Module, ConditioningMixin):
             if level > 0:
                 h = resize_and_conv(h, *skips[-1].shape[1:3], self.channels[level], self.dtype)
 
-        h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
+        norm = GroupNorm(group_count(h.shape[-1]), dtype=self.dtype, per_channel=not train)
+        h = nn.swish(norm(h))
         h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return h.astype(jnp.float32)
