@@ -33,9 +33,9 @@ def group_norm(
     channel. `per_channel`: means over the pixels of each channel, combined
     into group statistics, then one multiply-add per element,
     x * multiplier + shift.
-    On the CPU the per-channel form made the networks' evaluation (sampling)
-    1.1-1.5x as fast, but their training steps, which differentiate it, took
-    up to 1.15x as long (benchmarks/group_norm.py).
+    On the CPU the per-channel form made the networks' sampling 1.04-1.21x as
+    fast, but the seed nets' training steps, which differentiate it, ran at
+    0.85-0.92x the speed (benchmarks/group_norm.py, docs/performance.md).
     """
     x32 = x.astype(jnp.float32)
     scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
@@ -67,10 +67,9 @@ class GroupNorm(nn.Module):
 
     The same function, parameters (`scale`, `bias`, float32) and default name,
     so checkpoints carry over; statistics are computed in float32 and the result
-    is cast to `dtype`. Networks set `per_channel` where they are evaluated and
-    not trained (`train=False`: sampling, evaluation), the form that evaluates
-    faster; training differentiates the grouped form, whose reverse mode was
-    the faster one.
+    is cast to `dtype`. Networks set `per_channel` where they are not trained
+    (`train=False`: sampling, likelihoods, evaluation), the form that evaluates
+    faster; training steps differentiate flax's form, which ran them faster.
     """
 
     num_groups: int = 32
