@@ -22,7 +22,6 @@ Prints the tables and writes them as JSON (`--out`).
 import argparse
 import contextlib
 import functools
-import json
 import os
 import statistics
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, JaxSide, benchmark_images
+from timing import time_in_turns, write_json
 
 from jaxdiff.compiler import jit
 from jaxdiff.models import layers, unet
@@ -54,19 +54,6 @@ LAYERS = (
     ("cifar10", 8, 256),
 )
 KINDS = ("flax", "jaxdiff")
-
-
-def time_in_turns(programs: dict, args: tuple, repeats: int) -> dict:
-    """Median seconds of each program, called in turns after one warm-up call each."""
-    times = {key: [] for key in programs}
-    for program in programs.values():
-        jax.block_until_ready(program(*args))
-    for _ in range(repeats):
-        for key, program in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(program(*args))
-            times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def layer_rows(batch: int, repeats: int) -> list[dict]:
@@ -165,10 +152,7 @@ def main() -> None:
     rows = {"layers": layer_rows(args.batch, args.repeats)}
     print(f"\n{'model':28s} {'call':18s} {header}")
     rows["models"] = model_rows(args)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,16 @@ table and writes it as JSON (`--out`).
 """
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import time_in_turns, write_json
 
 from jaxdiff.compiler import jit
 from jaxdiff.models.layers import resize_to, upsample2x_conv
@@ -66,17 +66,10 @@ def main() -> None:
             loss = lambda x, k, fn=fn: jnp.sum(fn(x, k) ** 2)  # noqa: E731
             programs[("forward", name)] = jit(fn)
             programs[("forward+gradients", name)] = jit(jax.value_and_grad(loss, (0, 1)))
-        times = {key: [] for key in programs}
-        for program in programs.values():
-            jax.block_until_ready(program(x, kernel))
-        for _ in range(args.repeats):
-            for key, program in programs.items():
-                start = time.perf_counter()
-                jax.block_until_ready(program(x, kernel))
-                times[key].append(time.perf_counter() - start)
+        seconds = time_in_turns(programs, (x, kernel), args.repeats)
         layer = f"{config} {side}->{2 * side}, {channels} ch"
         for kind in ("forward", "forward+gradients"):
-            ms = {name: 1000 * statistics.median(times[(kind, name)]) for name in implementations}
+            ms = {name: 1000 * seconds[(kind, name)] for name in implementations}
             speedup = ms["resize_then_conv"] / ms["upsample2x_conv"]
             rows.append(
                 {
@@ -92,10 +85,7 @@ def main() -> None:
                 f"{ms['upsample2x_conv']:14.2f} {speedup:8.2f}x",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(rows, args.out)
 
 
 if __name__ == "__main__":

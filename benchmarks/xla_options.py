@@ -17,7 +17,6 @@ options.
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, JaxSide, benchmark_images
+from timing import time_in_turns, write_json
 
 from jaxdiff import compiler
 
@@ -81,16 +81,9 @@ def compare_kernels(repeats: int) -> list[dict]:
     rows = []
     for name, (fun, args) in kernels().items():
         compiled = {k: jax.jit(fun, compiler_options=o) for k, o in option_sets.items()}
-        times = {k: [] for k in compiled}
-        for f in compiled.values():
-            jax.block_until_ready(f(*args))
-        for _ in range(repeats):
-            for k, f in compiled.items():
-                start = time.perf_counter()
-                jax.block_until_ready(f(*args))
-                times[k].append(time.perf_counter() - start)
+        seconds = time_in_turns(compiled, args, repeats)
         row = {"kernel": name}
-        row.update({f"{k}_ms": round(1000 * statistics.median(v), 2) for k, v in times.items()})
+        row.update({f"{k}_ms": round(1000 * v, 2) for k, v in seconds.items()})
         rows.append(row)
         print(f"{name:26s}" + "".join(f" {row[f'{k}_ms']:14.2f}" for k in option_sets), flush=True)
     return rows
@@ -163,13 +156,6 @@ def main() -> None:
             flush=True,
         )
     write_json(rows, args.out)
-
-
-def write_json(rows: list[dict], path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
