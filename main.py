@@ -40,6 +40,13 @@ flags.DEFINE_string(
     "loads its programs instead of compiling them. Empty disables it; "
     "JAX_COMPILATION_CACHE_DIR, when set, takes precedence.",
 )
+flags.DEFINE_bool(
+    "keep_freed_memory",
+    True,
+    "Keep freed host memory for reuse (glibc's malloc), so that on CPU each train call "
+    "reuses its temporary buffers instead of page-faulting them in afresh; the process "
+    "then holds its peak memory until it exits (docs/performance.md).",
+)
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
@@ -119,6 +126,11 @@ def main(argv: list[str]) -> None:
         config.keys()  # A proxy until here: config_flags defers load errors to first use.
     except OSError as e:  # config_flags defers a missing/broken config file to first use.
         fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
+
+    if FLAGS.keep_freed_memory:  # Before JAX starts: the setting needs it.
+        from jaxdiff.host_memory import keep_freed_memory
+
+        keep_freed_memory()
 
     from jaxdiff import parallel
     from jaxdiff.errors import UserError

@@ -23,6 +23,9 @@ compiled) single-step program: the compiled one on GPU leaves out cuDNN
 convolutions, and a `lax.scan` of steps is counted once. The same count is
 used for the PyTorch rows (same network, same step). MFU = FLOPs per step x
 steps/s / the device's peak (`PEAK_FLOPS`; none known for CPUs).
+
+The process keeps freed host memory for reuse (`jaxdiff.host_memory`), as
+main.py does; every side runs in it alike.
 """
 
 import argparse
@@ -51,6 +54,7 @@ from configs import (
 from jaxdiff import data, parallel, samplers
 from jaxdiff.compiler import jit
 from jaxdiff.experiment import create_experiment
+from jaxdiff.host_memory import keep_freed_memory
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.state import create_optimizer, create_replicated_train_state
 from jaxdiff.train import make_train_call, train_step
@@ -399,6 +403,7 @@ class TorchSide:
 
 
 def main() -> None:
+    keep_freed_memory()  # As main.py does, for every side in this process; before JAX starts.
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     on_cpu = jax.default_backend() == "cpu"
     parser.add_argument("--models", default="seed_uncond,seed_cond,cifar10_cond")

@@ -24,12 +24,14 @@ _LAZY = {
     "save_images": "jaxdiff.sample",
     "write_progress": "jaxdiff.visualize",
     "write_loss_curves": "jaxdiff.loss_curve",
+    "keep_freed_memory": "jaxdiff.host_memory",
 }
 
 __all__ = [
     "Pipeline",
     "UserError",
     "image_grid",
+    "keep_freed_memory",
     "load",
     "read_config",
     "save_images",

@@ -6,6 +6,12 @@ import tempfile
 
 import pytest
 
+from jaxdiff.host_memory import keep_freed_memory
+
+# As main.py does, so that tests run with the allocator settings users get; here,
+# before any test starts JAX (the setting needs that).
+keep_freed_memory()
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = ROOT.parent / "shared" / "data" / "tensorflow_datasets"
 
