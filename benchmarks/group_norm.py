@@ -23,9 +23,7 @@ import argparse
 import contextlib
 import functools
 import os
-import statistics
 import sys
-import time
 from unittest import mock
 
 import flax.linen as nn
@@ -37,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, JaxSide, benchmark_images
-from timing import time_in_turns, write_json
+from timing import time_in_turns, time_sides_in_turns, write_json
 
 from jaxdiff.compiler import jit
 from jaxdiff.models import layers, unet
@@ -67,8 +65,8 @@ def layer_rows(batch: int, repeats: int) -> list[dict]:
             params = params or layer.init(jax.random.key(1), x)
             forward = lambda p, x, layer=layer: nn.swish(layer.apply(p, x))  # noqa: E731
             loss = lambda p, x, f=forward: jnp.sum(f(p, x) ** 2)  # noqa: E731
-            programs[("forward", kind)] = jit(forward)
-            programs[("forward+gradients", kind)] = jit(jax.value_and_grad(loss, (0, 1)))
+            programs[(kind, "forward")] = jit(forward)
+            programs[(kind, "forward+gradients")] = jit(jax.value_and_grad(loss, (0, 1)))
         seconds = time_in_turns(programs, (params, x), repeats)
         for kind in ("forward", "forward+gradients"):
             rows.append(row(f"{config} {side}x{side}, {channels} ch", kind, batch, seconds))
@@ -100,24 +98,15 @@ def model_rows(args) -> list[dict]:
         for kind, norm in zip(KINDS, (flax_group_norm, GroupNorm), strict=True):
             with networks_using(norm):
                 sides[kind] = JaxSide(config(), args, images, labels)  # Built and warmed up.
-        times = {(what, kind): [] for what in ("train", "sample") for kind in KINDS}
-        for _ in range(args.model_repeats):
-            for kind, side in sides.items():
-                start = time.perf_counter()
-                side.train()
-                middle = time.perf_counter()
-                side.sample()
-                times[("train", kind)].append(middle - start)
-                times[("sample", kind)].append(time.perf_counter() - middle)
-        seconds = {key: statistics.median(t) for key, t in times.items()}
+        seconds = time_sides_in_turns(sides, args.model_repeats)
         rows.append(row(name, "train", args.batch, seconds))
         rows.append(row(name, "sample", args.batch, seconds))
     return rows
 
 
 def row(what: str, kind: str, batch: int, seconds: dict) -> dict:
-    """Prints and returns one table row: `kind` pass of `what`, both ways."""
-    ms = {k: 1000 * seconds[(kind, k)] for k in KINDS}
+    """Prints and returns one table row: the `kind` pass of `what`, seconds keyed (way, pass)."""
+    ms = {k: 1000 * seconds[(k, kind)] for k in KINDS}
     speedup = ms["flax"] / ms["jaxdiff"]
     print(f"{what:28s} {kind:18s} {ms['flax']:10.2f} {ms['jaxdiff']:11.2f} {speedup:8.2f}x")
     return {

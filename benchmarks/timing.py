@@ -25,6 +25,24 @@ def time_in_turns(programs: dict, args: tuple, repeats: int) -> dict:
     return {key: statistics.median(t) for key, t in times.items()}
 
 
+def time_sides_in_turns(sides: dict, repeats: int) -> dict:
+    """Median seconds of each side's `train()` and `sample()`, keyed (name, "train" or "sample").
+
+    `sides` maps names to built, warmed-up `run.JaxSide`s; each round calls
+    every side's train call, then its sampler, in turns.
+    """
+    times = {(name, what): [] for name in sides for what in ("train", "sample")}
+    for _ in range(repeats):
+        for name, side in sides.items():
+            start = time.perf_counter()
+            side.train()
+            middle = time.perf_counter()
+            side.sample()
+            times[(name, "train")].append(middle - start)
+            times[(name, "sample")].append(time.perf_counter() - middle)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 def write_json(rows, path: str) -> None:
     """Writes `rows` as indented JSON to `path`, creating its folder, and says so."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -18,9 +18,7 @@ options.
 import argparse
 import contextlib
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, JaxSide, benchmark_images
-from timing import time_in_turns, write_json
+from timing import time_in_turns, time_sides_in_turns, write_json
 
 from jaxdiff import compiler
 
@@ -96,19 +94,10 @@ def compare(model_name: str, args) -> dict:
     sides = {"jaxdiff": JaxSide(config(), args, images, labels)}  # Built and warmed up.
     with xla_defaults():
         sides["xla_default"] = JaxSide(config(), args, images, labels)
-    times = {(name, kind): [] for name in sides for kind in ("train", "sample")}
-    for _ in range(args.repeats):
-        for name, side in sides.items():
-            start = time.perf_counter()
-            side.train()
-            middle = time.perf_counter()
-            side.sample()
-            times[(name, "train")].append(middle - start)
-            times[(name, "sample")].append(time.perf_counter() - middle)
+    seconds = time_sides_in_turns(sides, args.repeats)
     row = {"model": model_name, "batch": args.batch, "options": compiler.compiler_options()}
     for name in sides:
-        train_s = statistics.median(times[(name, "train")])
-        sample_s = statistics.median(times[(name, "sample")])
+        train_s, sample_s = seconds[(name, "train")], seconds[(name, "sample")]
         row[f"{name}_train_images_per_sec"] = round(args.batch * args.train_steps / train_s, 1)
         row[f"{name}_ms_per_eval"] = round(1000 * sample_s / args.sample_steps, 2)
     row["train_speedup"] = round(
