@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import (
+from jaxdiff.configs import (
     cifar10,
     cifar10_cond,
     fashion_mnist,
@@ -51,6 +51,7 @@ from configs import (
     mnist_cond,
     mnist_seed,
 )
+
 from jaxdiff import data, parallel, samplers
 from jaxdiff.compiler import jit
 from jaxdiff.experiment import create_experiment

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import (
+from jaxdiff.configs import (
     cifar10,
     cifar10_cond,
     cifar10_latent,
@@ -37,6 +37,7 @@ from configs import (
     mnist_cond,
     mnist_latent,
 )
+
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params

@@ -1,6 +1,6 @@
-"""The config files, also reachable by name from Python.
+"""The config files, also reachable by name from Python (installed as `jaxdiff.configs`).
 
-from configs import get_config
+from jaxdiff.configs import get_config
 config = get_config("mnist_cond")            # configs/mnist_cond.py
 config = get_config("mnist_latent:cond")     # as --config=configs/mnist_latent.py:cond
 config.training.num_steps = 1000             # any field can be overridden
@@ -24,11 +24,13 @@ NAMES = (
     "classifier_mnist",
     "classifier_fashion_mnist",
     "classifier_cifar10",
+    "mnist_seed",
 )
 VARIANTS = {
     "mnist_latent": ("cond",),
     "fashion_mnist_latent": ("cond",),
     "cifar10_latent": ("cond",),
+    "mnist_seed": ("cond",),
 }
 
 
@@ -47,5 +49,5 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     valid = ", ".join([*NAMES, *(f"{n}:{v}" for n, vs in VARIANTS.items() for v in vs)])
     if module_name not in NAMES or (variant and variant not in VARIANTS.get(module_name, ())):
         raise UserError(f"unknown config {name!r}; choose one of {valid}")
-    module = importlib.import_module(f"configs.{module_name}")
+    module = importlib.import_module(f"jaxdiff.configs.{module_name}")
     return module.get_config(variant) if variant else module.get_config()

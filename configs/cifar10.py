@@ -7,7 +7,7 @@ Measured on 2 CPU cores, only a short run (60 steps of batch 32, README
 "Results"): 4 min 7 s, loss 565 -> 437, samples still noise.
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

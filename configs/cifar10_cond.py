@@ -11,8 +11,8 @@ layout (sky behind airplanes and ships, green frogs), not yet objects. On 2
 CPU cores it trains at about 7 images/s.
 """
 
-from configs import cifar10
-from configs.mnist_cond import set_conditional
+from jaxdiff.configs import cifar10
+from jaxdiff.configs.mnist_cond import set_conditional
 
 
 def get_config():

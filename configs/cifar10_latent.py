@@ -8,8 +8,8 @@ Sized for an accelerator. On 2 CPU cores (README "Results") only a short stage
 images/s against 7 for configs/cifar10.py.
 """
 
-from configs import default
-from configs.mnist_latent import set_latent
+from jaxdiff.configs import default
+from jaxdiff.configs.mnist_latent import set_latent
 
 
 def get_config(variant: str = "uncond"):

@@ -5,7 +5,7 @@
 Sized for an accelerator (a wider residual CNN, bf16, flips and 4-pixel translations).
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

@@ -4,7 +4,7 @@
         --workdir=runs/classifier_fashion_mnist
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

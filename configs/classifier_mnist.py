@@ -3,7 +3,7 @@
 python main.py --config=configs/classifier_mnist.py --workdir=runs/classifier_mnist
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

@@ -23,8 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.data_dir = ""
     # Training split, in TFDS split syntax (e.g. "train[:1024]" for a quick run).
     data.train_split = "train"
-    # Let TFDS download and prepare a missing dataset (needs network).
-    data.download = False
+    # Prepare a dataset missing from the data directory: download it (or take the
+    # original files from <data_dir>/downloads/manual/) and write it in TFDS's format.
+    data.download = True
     # Pixel range the model sees: [-1, 1] if True, else [0, 1] (the seed's).
     data.centered = False
     # Random horizontal flips, drawn inside the jitted step.

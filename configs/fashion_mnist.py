@@ -7,7 +7,7 @@ Measured on 2 CPU cores, a short run (300 steps of batch 64, README "Results"):
 7 min 54 s, loss 28.1 at step 300, blurry but recognisable garments.
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

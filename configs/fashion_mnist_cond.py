@@ -9,8 +9,8 @@ images/s, loss 117.4 at step 50 and 27.5 at step 300; in its guided class grid
 (trousers, footwear, tops), blurry.
 """
 
-from configs import fashion_mnist
-from configs.mnist_cond import set_conditional
+from jaxdiff.configs import fashion_mnist
+from jaxdiff.configs.mnist_cond import set_conditional
 
 
 def get_config():

@@ -8,8 +8,8 @@ Measured on 2 CPU cores (README "Results"): stage 1 took 6 min 18 s (test PSNR
 for configs/fashion_mnist.py.
 """
 
-from configs import default
-from configs.mnist_latent import set_latent
+from jaxdiff.configs import default
+from jaxdiff.configs.mnist_latent import set_latent
 
 
 def get_config(variant: str = "uncond"):

@@ -8,7 +8,7 @@ classifier's feature space (2,000 ODE samples). On an accelerator, train
 longer and wider: --config.training.num_steps=40000 --config.training.batch_size=128.
 """
 
-from configs import default
+from jaxdiff.configs import default
 
 
 def get_config():

@@ -12,7 +12,7 @@ eye in the final grid (w = 2), 97 of 100 digits are unambiguously the
 requested one.
 """
 
-from configs import mnist
+from jaxdiff.configs import mnist
 
 
 def get_config():

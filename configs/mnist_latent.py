@@ -12,8 +12,8 @@ took 8 min 30 s for 4,000 steps of batch 64 (:cond 11 min 25 s, 99 of 100
 requested digits at guidance 2).
 """
 
-from configs import default
-from configs.mnist_cond import set_conditional
+from jaxdiff.configs import default
+from jaxdiff.configs.mnist_cond import set_conditional
 
 
 def get_config(variant: str = "uncond"):

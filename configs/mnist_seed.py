@@ -12,8 +12,8 @@ and configs/mnist_cond.py (the same net with EDM preconditioning; conditional:
 four heads, four condition tokens per class).
 """
 
-from configs import mnist
-from configs.mnist_cond import set_conditional
+from jaxdiff.configs import mnist
+from jaxdiff.configs.mnist_cond import set_conditional
 
 VARIANTS = ("uncond", "cond")
 

@@ -23,8 +23,9 @@ import numpy as np
 # Run from anywhere inside a clone: the configs live beside the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxdiff.configs import get_config
+
 import jaxdiff
-from configs import get_config
 
 # A network and run small enough for a few seconds (--smoke).
 SMOKE = {

@@ -1,7 +1,7 @@
 """jaxdiff: score-based diffusion image generation in JAX/Flax.
 
     import jaxdiff
-    from configs import get_config
+    from jaxdiff.configs import get_config
 
     jaxdiff.train(get_config("mnist"), "runs/mnist")       # = train_and_evaluate
     pipeline = jaxdiff.load("runs/mnist")                   # latest checkpoint

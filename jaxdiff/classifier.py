@@ -301,7 +301,7 @@ def test_accuracy_line(workdir: str, config: ml_collections.ConfigDict) -> str:
 
 
 def reference_features(
-    classifier: TrainedClassifier, split: str, data_dir: str = "", download: bool = False
+    classifier: TrainedClassifier, split: str, data_dir: str = "", download: bool = True
 ) -> dict[str, np.ndarray]:
     """Probabilities, features and labels of a real split, cached in the classifier's workdir.
 

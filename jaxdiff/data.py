@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdiff import parallel
+from jaxdiff import parallel, prepare
 from jaxdiff.errors import UserError
 
 # Image shape (H, W, C) and number of classes of each supported dataset, known
@@ -46,29 +46,34 @@ def resolve_data_dir(data_dir: str) -> str:
 
 
 def load_split(
-    name: str, split: str, data_dir: str = "", download: bool = False
+    name: str, split: str, data_dir: str = "", download: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads a whole split with `tfds.data_source` (no TensorFlow needed).
+
+    A dataset missing from the data directory is first prepared there
+    (`jaxdiff.prepare`: downloaded, or taken from `<data_dir>/downloads/manual/`)
+    unless `download` is False.
 
     Returns:
       images (N, H, W, C) uint8 and labels (N,) int32.
 
     Raises:
-      UserError: unknown dataset, dataset not prepared in the data directory, bad split.
+      UserError: unknown dataset, dataset not prepared and not preparable, bad split.
     """
     dataset_info(name)
     directory = resolve_data_dir(data_dir)
-    if not download and not os.path.isdir(os.path.join(directory, name)):
-        raise UserError(
-            f"dataset {name!r} not found in {directory}: prepare it there with "
-            f"`tfds build {name} --data_dir={directory} --file_format=array_record`, point "
-            f"--config.data.data_dir or TFDS_DATA_DIR at a prepared directory, or set "
-            f"--config.data.download=True"
-        )
+    if not prepare.is_prepared(name, directory):
+        if not download:
+            raise UserError(
+                f"dataset {name!r} not found in {directory}: run `python -m jaxdiff.prepare "
+                f"{name} --data_dir={directory}`, or point TFDS_DATA_DIR or "
+                f"--config.data.data_dir at a directory where it is prepared"
+            )
+        prepare.prepare(name, directory)
     import tensorflow_datasets as tfds  # Imported here: it is slow to import.
 
     try:
-        source = tfds.data_source(name, split=split, data_dir=directory, download=download)
+        source = tfds.data_source(name, split=split, data_dir=directory, download=False)
         examples = source.__getitems__(range(len(source)))
     except Exception as e:  # TFDS raises many types; the user needs one line.
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -42,7 +42,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     Raises:
       UserError: no config.json in `workdir`.
     """
-    from configs import default  # The one source of every field and its default.
+    from jaxdiff.configs import default  # The one source of every field and its default.
 
     path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
     if not os.path.exists(path):

@@ -160,7 +160,7 @@ def _run_value(field: str, stored: Any) -> Any:
 
 def _default_fields() -> dict[str, Any]:
     """Every config field at its default, flattened as config.json's fields are."""
-    from configs import default
+    from jaxdiff.configs import default
 
     return _flatten(config_as_dict(default.get_config()))
 

@@ -1,7 +1,9 @@
-"""Shared fixtures: the offline TFDS directory and a shrunken MNIST config."""
+"""Shared fixtures: the test datasets, shrunken configs and runs trained once per session."""
 
+import hashlib
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pytest
@@ -13,11 +15,39 @@ from jaxdiff.host_memory import keep_freed_memory
 keep_freed_memory()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_TFDS = ROOT.parent / "shared" / "data" / "tensorflow_datasets"
+# Small real subsets of the three datasets, in their original distribution formats.
+TEST_DATA = ROOT / "tests" / "data"
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
-# Tests read the prepared offline datasets when they are there (CI, dev machines).
-if "TFDS_DATA_DIR" not in os.environ and SHARED_TFDS.is_dir():
-    os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)
+
+def prepare_test_datasets() -> str:
+    """A TFDS data directory of the shipped subsets, prepared once per machine by jaxdiff.prepare.
+
+    Its name carries a hash of the subsets' files, so a changed subset is prepared
+    anew; it is prepared beside its final place and renamed there, so processes
+    that start together (pytest-xdist's workers) never see half of it.
+    """
+    from jaxdiff import prepare
+
+    digest = hashlib.sha256()
+    for path in sorted(TEST_DATA.rglob("*.gz")):
+        digest.update(path.name.encode() + path.read_bytes())
+    target = pathlib.Path(tempfile.gettempdir()) / f"jaxdiff_test_tfds_{digest.hexdigest()[:12]}"
+    if not target.is_dir():
+        scratch = tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent)
+        for name in DATASETS:
+            prepare.prepare(name, scratch, source_dir=str(TEST_DATA / name))
+        try:
+            os.rename(scratch, target)
+        except OSError:  # Another process got there first.
+            shutil.rmtree(scratch, ignore_errors=True)
+    return str(target)
+
+
+# The tests read TFDS_DATA_DIR when it is set (CI points it at the full datasets),
+# else the shipped subsets: a clone with nothing beside it passes on its own.
+if not os.environ.get("TFDS_DATA_DIR"):
+    os.environ["TFDS_DATA_DIR"] = prepare_test_datasets()
 
 
 # One persistent XLA cache for the session, inherited by the main.py subprocesses:
@@ -80,7 +110,7 @@ def apply_overrides(config, overrides):
 
 @pytest.fixture
 def tiny_config():
-    from configs import mnist
+    from jaxdiff.configs import mnist
 
     return apply_overrides(mnist.get_config(), tiny_overrides())
 
@@ -111,7 +141,8 @@ def tiny_latent_overrides() -> dict[str, object]:
 
 
 def _train_tiny(tmp_path_factory, name, overrides):
-    from configs import get_config
+    from jaxdiff.configs import get_config
+
     from jaxdiff.train import train_and_evaluate
 
     config = apply_overrides(get_config(name), overrides)
@@ -158,7 +189,8 @@ def tiny_classifier_overrides() -> dict[str, object]:
 # The MNIST feature classifier of --mode=eval, trained once per session.
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory):
-    from configs import get_config
+    from jaxdiff.configs import get_config
+
     from jaxdiff.classifier import train_classifier
 
     config = apply_overrides(get_config("classifier_mnist"), tiny_classifier_overrides())

@@ -10,10 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jaxdiff.configs import get_config
 from PIL import Image
 
 import jaxdiff
-from configs import get_config
 from jaxdiff import latent
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import make_score_fn
@@ -237,6 +237,22 @@ def test_get_config_by_name():
         get_config("mnist_large")
     with pytest.raises(jaxdiff.UserError, match=r"unknown config 'mnist:cond'.*mnist_latent:cond"):
         get_config("mnist:cond")
+    assert get_config("mnist_seed:cond").model.num_heads == 1
+
+
+def test_every_config_file_is_reachable_by_name_from_the_installed_package():
+    import jaxdiff.configs as configs
+
+    files = {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__", "default"}
+    assert set(configs.NAMES) == files
+    for name in configs.NAMES:
+        assert get_config(name).data.dataset in ("mnist", "fashion_mnist", "cifar10")
+    # Installed as jaxdiff.configs, not as a top-level package of its own.
+    script = "import importlib.util; print(importlib.util.find_spec('configs'))"
+    found = subprocess.run(
+        [sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "None"
 
 
 def test_training_writes_a_progress_montage_and_gif(tiny_run):

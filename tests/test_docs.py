@@ -104,7 +104,7 @@ OTHER_SHRINKS = {
 
 # Runs before a page's python blocks: configs.get_config returns shrunk configs.
 PYTHON_PRELUDE = f"""
-import configs
+import jaxdiff.configs as configs
 from tests.conftest import apply_overrides
 
 _get_config = configs.get_config

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxdiff.configs import get_config
 
-from configs import get_config
 from jaxdiff import metrics
 from jaxdiff.classifier import load_classifier, random_translate
 from jaxdiff.errors import UserError

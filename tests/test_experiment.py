@@ -1,8 +1,8 @@
 """Config validation and automatic values."""
 
 import pytest
+from jaxdiff.configs import mnist
 
-from configs import mnist
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import create_experiment
 

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxdiff.configs import cifar10_latent, fashion_mnist_latent, mnist_latent
 from PIL import Image
 
-from configs import cifar10_latent, fashion_mnist_latent, mnist_latent
 from jaxdiff import data, latent, parallel
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models.autoencoder import kl_divergence

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from configs import (
+from jaxdiff.configs import (
     cifar10,
     cifar10_cond,
     fashion_mnist,
@@ -18,6 +17,7 @@ from configs import (
     mnist_cond,
     mnist_seed,
 )
+
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, layers, make_score_fn

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxdiff.configs import mnist
 
-from configs import mnist
 from jaxdiff.data import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model

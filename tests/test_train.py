@@ -11,9 +11,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jaxdiff.configs import mnist
 from PIL import Image
 
-from configs import mnist
 from jaxdiff.errors import UserError
 from jaxdiff.pipeline import load
 from jaxdiff.train import train_and_evaluate
@@ -176,7 +176,7 @@ EIGHT_DEVICE_SCRIPT = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, ".")
-from configs import mnist
+from jaxdiff.configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from jaxdiff.configs import get_config
 from PIL import Image
 
 import jaxdiff
-from configs import get_config
 from jaxdiff.errors import UserError
 from jaxdiff.sample import grid_image, sample, strip_rows
 from jaxdiff.samplers import create_sampler, snapshot_states, state_times
