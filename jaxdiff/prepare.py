@@ -92,6 +92,48 @@ def read_cifar10_label_names(archive: str | os.PathLike) -> list[str]:
     return [name for name in text.split("\n") if name.strip()]
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes a uint8 array as a gzipped IDX file (the inverse of `read_idx`)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    with open(path, "wb") as f:  # mtime=0: the same array gives the same bytes.
+        f.write(gzip.compress(header + np.asarray(array, np.uint8).tobytes(), mtime=0))
+
+
+def write_cifar10_archive(
+    path: str | os.PathLike,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    label_names: list[str],
+) -> None:
+    """Writes images and labels as CIFAR-10's binary archive (the inverse of the readers).
+
+    Args:
+      path: the .tar.gz to write.
+      splits: "train" and "test" -> (images (N, 32, 32, 3) uint8, labels (N,)); the
+        training rows are spread over the archive's five batches.
+      label_names: the ten class names, in label order.
+    """
+    members = {CIFAR10_MEMBERS["label_names"]: ("\n".join(label_names) + "\n\n").encode()}
+    for split, (images, labels) in splits.items():
+        records = np.concatenate(
+            [
+                np.asarray(labels, np.uint8)[:, None],
+                images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+            ],
+            axis=1,
+        )
+        parts = np.array_split(records, len(CIFAR10_MEMBERS[split]))
+        for member, part in zip(CIFAR10_MEMBERS[split], parts, strict=True):
+            members[member] = part.tobytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member, payload in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with open(path, "wb") as f:
+        f.write(gzip.compress(buffer.getvalue(), mtime=0))
+
+
 def _read_member(tar: tarfile.TarFile, member: str, archive) -> bytes:
     try:
         return tar.extractfile(member).read()
