@@ -102,11 +102,11 @@ def run_mode(mode: str, config, workdir: str) -> None:
         else:
             raise UserError("a classifier run has nothing to sample; use --mode=train or eval")
     elif mode == "train":
-        from jaxdiff.train import train_and_evaluate
+        from jaxdiff.training import train_and_evaluate
 
         train_and_evaluate(config, workdir, FLAGS.allow_config_change)
     elif mode == "sample":
-        from jaxdiff.sample import sample
+        from jaxdiff.pipeline import sample
 
         sample(config, workdir)
     else:

@@ -32,7 +32,7 @@ from run import MODELS, benchmark_images, peak_flops, train_step_flops
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.train import make_train_call
+from jaxdiff.training import make_train_call
 
 
 def build(model_name: str, batch: int, half_precision: bool, steps: int, images, labels):

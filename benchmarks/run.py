@@ -58,7 +58,7 @@ from jaxdiff.experiment import create_experiment
 from jaxdiff.host_memory import keep_freed_memory
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.train import make_train_call, train_step
+from jaxdiff.training import make_train_call, train_step
 
 # Dense peak FLOP/s by device kind and precision (fp32 = TF32 tensor cores, which
 # XLA and PyTorch's cuDNN convolutions use for float32 by default).

@@ -42,7 +42,7 @@ from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params
 from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.train import make_train_call
+from jaxdiff.training import make_train_call
 
 
 def _config(module, **training):

@@ -34,9 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     # Score network: seed_unet (the original layout, transposed convs),
     # seed_unet_resize (same, resize+conv upsampling) or unet (residual + attention).
-    # seed_unet trains 2.09x faster than seed_unet_resize on 2 CPU cores
-    # (benchmarks/results/upsampling_cpu.json): its stride-2 transposed convs do a
-    # quarter of the work of a 3x3 conv after upsampling.
+    # seed_unet trains faster than seed_unet_resize (docs/performance.md): its
+    # stride-2 transposed convs do a quarter of the work of a 3x3 conv after upsampling.
     model.name = "seed_unet"
     # Channels per resolution level (seed nets take exactly 4 levels).
     model.channels = (32, 64, 128, 256)
@@ -85,22 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
     autoencoder.kl_weight = 1e-6
     # Reconstruction loss, averaged over pixels: "l1" or "mse".
     autoencoder.reconstruction_loss = "l1"
-    # The autoencoder's own optimisation, with the meaning of the training.* fields.
-    autoencoder.num_steps = 3000
-    autoencoder.batch_size = 128
-    autoencoder.learning_rate = 1e-3
-    autoencoder.warmup_steps = 200
-    autoencoder.schedule = "cosine"
-    autoencoder.end_lr_factor = 0.01
-    autoencoder.weight_decay = 0.0
-    autoencoder.grad_clip = 1.0
-    autoencoder.ema_decay = 0.999
-    # A NaN/Inf loss or gradient: "stop" (keep the last good checkpoint) or "skip" the step.
-    autoencoder.on_nonfinite = "stop"
-    autoencoder.steps_per_call = 0
-    autoencoder.log_every = 100
-    autoencoder.checkpoint_every = 1000
-    autoencoder.keep_checkpoints = 2
+    # The autoencoder's own optimisation (the fields of `optimization` below).
+    autoencoder.update(
+        optimization(
+            num_steps=3000, batch_size=128, learning_rate=1e-3, warmup_steps=200, keep_checkpoints=2
+        )
+    )
     # Split on which the finished autoencoder's reconstruction MSE and PSNR are measured.
     autoencoder.eval_split = "test"
 
@@ -114,43 +103,16 @@ def get_config() -> ml_collections.ConfigDict:
     # vp/subvp: see beta_min.
     sde.beta_max = 20.0
 
-    config.training = training = ml_collections.ConfigDict()
-    # Optimizer steps in total (a resumed run continues up to this number).
-    training.num_steps = 20_000
-    # Global batch size, split over all devices.
-    training.batch_size = 128
-    # Peak learning rate of AdamW.
-    training.learning_rate = 1e-3
-    # Linear warmup steps from 0 to the peak learning rate.
-    training.warmup_steps = 500
-    # After warmup: "cosine" decay to end_lr_factor * peak, or "constant".
-    training.schedule = "cosine"
-    # Final learning rate of the cosine schedule, as a fraction of the peak.
-    training.end_lr_factor = 0.01
-    # AdamW decoupled weight decay (applied to kernels only).
-    training.weight_decay = 0.0
-    # Gradient clipping by global norm (0 disables).
-    training.grad_clip = 1.0
-    # Decay of the EMA of the parameters used for sampling (warmed up as min(decay, (1+n)/(10+n))).
-    training.ema_decay = 0.999
-    # A NaN/Inf loss or gradient: "stop" with an error naming the step (the last good
-    # checkpoint is kept), or "skip" such steps (not applied; counted in the metrics).
-    training.on_nonfinite = "stop"
+    # The score model's optimisation (the fields of `optimization` below), then its own.
+    config.training = training = optimization(
+        num_steps=20_000, batch_size=128, learning_rate=1e-3, warmup_steps=500, keep_checkpoints=3
+    )
     # conditional only: probability that a training label is replaced by the null token.
     training.cond_drop_prob = 0.1
     # Smallest diffusion time in the loss, t ~ U(eps, 1).
     training.eps = 1e-5
-    # Optimizer steps per compiled call (a lax.scan; unrolled on CPU); 0: per backend
-    # (4 on CPU, 1 elsewhere, lowered until it divides num_steps and the intervals).
-    training.steps_per_call = 0
     # bf16 compute with float32 parameters and optimizer state.
     training.half_precision = False
-    # Log metrics every this many steps (a multiple of steps_per_call).
-    training.log_every = 100
-    # Save a checkpoint (and a sample grid) every this many steps (a multiple of steps_per_call).
-    training.checkpoint_every = 1000
-    # Checkpoints to keep.
-    training.keep_checkpoints = 3
     # Draw a sample grid with the EMA parameters at each checkpoint.
     training.sample_at_checkpoints = True
 
@@ -200,21 +162,17 @@ def get_config() -> ml_collections.ConfigDict:
     classifier.random_crop = 0
     # bf16 compute with float32 parameters and optimizer state.
     classifier.half_precision = False
-    # The classifier's own optimisation, with the meaning of the training.* fields.
-    classifier.num_steps = 3000
-    classifier.batch_size = 128
-    classifier.learning_rate = 2e-3
-    classifier.warmup_steps = 200
-    classifier.schedule = "cosine"
-    classifier.end_lr_factor = 0.01
-    classifier.weight_decay = 5e-4
-    classifier.grad_clip = 1.0
-    classifier.ema_decay = 0.999
-    classifier.on_nonfinite = "stop"
-    classifier.steps_per_call = 0
-    classifier.log_every = 100
-    classifier.checkpoint_every = 1000
-    classifier.keep_checkpoints = 2
+    # The classifier's own optimisation (the fields of `optimization` below).
+    classifier.update(
+        optimization(
+            num_steps=3000,
+            batch_size=128,
+            learning_rate=2e-3,
+            warmup_steps=200,
+            weight_decay=5e-4,
+            keep_checkpoints=2,
+        )
+    )
     # Split on which the finished classifier's accuracy is measured.
     classifier.eval_split = "test"
 
@@ -240,3 +198,49 @@ def get_config() -> ml_collections.ConfigDict:
     # InceptionV3 FID: path to pytorch-fid's weights (.pth with torch, or .npz); "" skips it.
     evaluation.inception_weights = ""
     return config
+
+
+def optimization(
+    *,
+    num_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    warmup_steps: int,
+    keep_checkpoints: int,
+    weight_decay: float = 0.0,
+) -> ml_collections.ConfigDict:
+    """The fields of each trained network's optimisation: training, autoencoder, classifier."""
+    group = ml_collections.ConfigDict()
+    # Optimizer steps in total (a resumed run continues up to this number).
+    group.num_steps = num_steps
+    # Global batch size, split over all devices.
+    group.batch_size = batch_size
+    # Peak learning rate of AdamW.
+    group.learning_rate = learning_rate
+    # Linear warmup steps from 0 to the peak learning rate.
+    group.warmup_steps = warmup_steps
+    # After warmup: "cosine" decay to end_lr_factor * peak, or "constant".
+    group.schedule = "cosine"
+    # Final learning rate of the cosine schedule, as a fraction of the peak.
+    group.end_lr_factor = 0.01
+    # AdamW decoupled weight decay (applied to kernels only).
+    group.weight_decay = weight_decay
+    # Gradient clipping by global norm (0 disables).
+    group.grad_clip = 1.0
+    # Decay of the EMA of the parameters used for sampling and evaluation
+    # (warmed up as min(decay, (1+n)/(10+n))).
+    group.ema_decay = 0.999
+    # A NaN/Inf loss or gradient: "stop" with an error naming the step (the last good
+    # checkpoint is kept), or "skip" such steps (not applied; counted in the metrics).
+    group.on_nonfinite = "stop"
+    # Optimizer steps per compiled call (a lax.scan; unrolled on CPU); 0: per backend
+    # (4 on CPU, 1 elsewhere, lowered until it divides num_steps and the intervals).
+    group.steps_per_call = 0
+    # Log metrics every this many steps (a multiple of steps_per_call).
+    group.log_every = 100
+    # Save a checkpoint (and for the score model, a sample grid) every this many
+    # steps (a multiple of steps_per_call).
+    group.checkpoint_every = 1000
+    # Checkpoints to keep.
+    group.keep_checkpoints = keep_checkpoints
+    return group

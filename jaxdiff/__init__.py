@@ -3,28 +3,39 @@
     import jaxdiff
     from jaxdiff.configs import get_config
 
-    jaxdiff.train(get_config("mnist"), "runs/mnist")       # = train_and_evaluate
+    jaxdiff.train(get_config("mnist"), "runs/mnist")       # = training.train_and_evaluate
     pipeline = jaxdiff.load("runs/mnist")                   # latest checkpoint
     images, labels = pipeline.sample(16)                    # uint8 (16, 28, 28, 1)
 
 Importing the package is cheap: JAX and the rest load on first use of a name.
+Editors and type checkers see the names through the imports under TYPE_CHECKING.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from jaxdiff.errors import UserError
 
-# Public name -> the module that defines it.
+if TYPE_CHECKING:
+    from jaxdiff.host_memory import keep_freed_memory
+    from jaxdiff.loss_curve import write_loss_curves
+    from jaxdiff.pipeline import Pipeline, load, read_config
+    from jaxdiff.sample import save_images
+    from jaxdiff.training import train_and_evaluate as train
+    from jaxdiff.visualize import image_grid, save_png, write_progress
+
+# Public name -> (the module that defines it, its name there).
 _LAZY = {
-    "load": "jaxdiff.pipeline",
-    "Pipeline": "jaxdiff.pipeline",
-    "read_config": "jaxdiff.pipeline",
-    "image_grid": "jaxdiff.visualize",
-    "save_png": "jaxdiff.visualize",
-    "save_images": "jaxdiff.sample",
-    "write_progress": "jaxdiff.visualize",
-    "write_loss_curves": "jaxdiff.loss_curve",
-    "keep_freed_memory": "jaxdiff.host_memory",
+    "load": ("jaxdiff.pipeline", "load"),
+    "Pipeline": ("jaxdiff.pipeline", "Pipeline"),
+    "read_config": ("jaxdiff.pipeline", "read_config"),
+    "train": ("jaxdiff.training", "train_and_evaluate"),
+    "image_grid": ("jaxdiff.visualize", "image_grid"),
+    "save_png": ("jaxdiff.visualize", "save_png"),
+    "save_images": ("jaxdiff.sample", "save_images"),
+    "write_progress": ("jaxdiff.visualize", "write_progress"),
+    "write_loss_curves": ("jaxdiff.loss_curve", "write_loss_curves"),
+    "keep_freed_memory": ("jaxdiff.host_memory", "keep_freed_memory"),
 }
 
 __all__ = [
@@ -43,8 +54,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "train":  # The module, callable as train(config, workdir).
-        return importlib.import_module("jaxdiff.train")
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value  # Looked up once.
+        return value
     raise AttributeError(f"module 'jaxdiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.common import ScoreFn
 from jaxdiff.errors import UserError
-from jaxdiff.losses import ScoreFn
 
 # The TFDS label names, in label order (tests check them against the TFDS metadata).
 CLASS_NAMES = {

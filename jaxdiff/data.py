@@ -7,7 +7,6 @@ host input pipeline and no per-step host-to-device copy. Because the indices
 are global, the batch a step sees does not depend on the number of devices.
 """
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxdiff import parallel, prepare
 from jaxdiff.errors import UserError
+from jaxdiff.prepare import resolve_data_dir
 
 # Image shape (H, W, C) and number of classes of each supported dataset, known
 # before any data is read so configs can be checked up front.
@@ -34,15 +34,6 @@ def dataset_info(name: str) -> tuple[tuple[int, int, int], int]:
     if name not in DATASETS:
         raise UserError(f"unknown data.dataset {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name]
-
-
-def resolve_data_dir(data_dir: str) -> str:
-    """The TFDS data directory: the config's, else $TFDS_DATA_DIR, else TFDS's default."""
-    if data_dir:
-        return os.path.abspath(os.path.expanduser(data_dir))
-    if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
-    return os.path.expanduser("~/tensorflow_datasets")
 
 
 def load_split(

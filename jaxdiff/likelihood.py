@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.common import ScoreFn
 from jaxdiff.errors import UserError
-from jaxdiff.losses import ScoreFn
 from jaxdiff.sde import SDE
 
 HUTCHINSON_NOISE = ("rademacher", "gaussian")

@@ -1,13 +1,10 @@
 """Continuous-time denoising score matching."""
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.sde import SDE, _bcast
-
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+from jaxdiff.common import ScoreFn, per_example
+from jaxdiff.sde import SDE
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: float) -> jax.Array:
@@ -31,6 +28,6 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: fl
     t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=1.0)
     z = jax.random.normal(z_key, x0.shape)
     mean, std = sde.marginal_prob(x0, t)
-    score = score_fn(mean + _bcast(std, x0) * z, t)
-    residual = _bcast(std, x0) * score.astype(jnp.float32) + z
+    score = score_fn(mean + per_example(std, x0) * z, t)
+    residual = per_example(std, x0) * score.astype(jnp.float32) + z
     return jnp.mean(jnp.sum(residual**2, axis=tuple(range(1, x0.ndim))))

@@ -4,8 +4,8 @@
     pipeline = jaxdiff.load("runs/mnist")
     images, labels = pipeline.sample(16)
 
-`--mode=sample` is this module plus file writing (`jaxdiff.sample.sample`), so
-the same run, settings and seed give the same images from either.
+`--mode=sample` is `sample(config, workdir)` below: the same pipeline plus file
+writing, so the same run, settings and seed give the same images from either.
 """
 
 import dataclasses
@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -25,8 +26,17 @@ from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.models import make_score_fn
-from jaxdiff.sample import make_sample_fn, sample_key, sample_labels, trajectory_times
+from jaxdiff.sample import (
+    grid_image,
+    make_sample_fn,
+    sample_key,
+    sample_labels,
+    save_images,
+    save_trajectory,
+    trajectory_times,
+)
 from jaxdiff.state import abstract_train_state, create_optimizer
+from jaxdiff.visualize import save_png
 from jaxdiff.workdir import CONFIG_FILE, check_model_config
 
 logger = logging.getLogger("jaxdiff")
@@ -332,3 +342,68 @@ def load(
         autoencoder_params=autoencoder_params,
         latent_scale=scale,
     )
+
+
+def _file_stem(experiment: Experiment, step: int) -> str:
+    """sample_<step>_<sampler>, plus _w<guidance>_<classes> for a conditional model."""
+    config = experiment.config
+    stem = f"sample_{step:07d}_{config.sampling.sampler}"
+    if not experiment.num_classes:
+        return stem
+    if not experiment.prompt_labels:
+        return stem + "_uncond"
+    if config.sampling.prompt.strip().lower() == conditioning.ALL_CLASSES:
+        classes = conditioning.ALL_CLASSES
+    else:
+        classes = "-".join(str(label) for label in experiment.prompt_labels)
+    return f"{stem}_w{config.sampling.guidance_scale:g}_{classes}"
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`--mode=sample`: draws samples with the latest checkpoint's EMA parameters.
+
+    A thin layer over `jaxdiff.load(workdir, config=config).sample()` that
+    writes `samples/<stem>.png` (a grid; for a prompt, one labelled row per
+    class) and `<stem>.npz` (`images` uint8 NHWC, `labels` (-1: unconditional),
+    `class_names`, `step`, `sampler`, `num_steps`, `guidance_scale`, `prompt`)
+    into the workdir; with `sampling.save_individual`, also each image as
+    `<stem>/<index>.png`; with `sampling.save_trajectory`, also
+    `<stem>_trajectory.png` and `.gif` (`save_trajectory`). The stem is
+    `sample_<step>_<sampler>`, with `_w<guidance>_<classes>` (or `_uncond`)
+    added for a conditional model.
+
+    Returns:
+      The path of the .npz file.
+    """
+    pipeline = load(workdir, config=config)
+    experiment, config = pipeline.experiment, pipeline.config
+    if config.sampling.save_trajectory:
+        trajectory, times, labels = pipeline.sample_trajectory()
+        images = trajectory[-1]
+    else:
+        images, labels = pipeline.sample()
+    stem = os.path.join(pipeline.workdir, "samples", _file_stem(experiment, pipeline.step))
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
+        save_png(stem + ".png", grid_image(images, experiment))
+        with open(stem + ".npz.tmp", "wb") as f:
+            np.savez(
+                f,
+                images=images,
+                labels=labels,
+                class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
+                step=pipeline.step,
+                sampler=config.sampling.sampler,
+                num_steps=config.sampling.num_steps,
+                guidance_scale=config.sampling.guidance_scale,
+                prompt=config.sampling.prompt,
+            )
+        os.replace(stem + ".npz.tmp", stem + ".npz")
+        logger.info("Wrote %s.png and %s.npz", stem, stem)
+        if config.sampling.save_individual:
+            save_images(images, stem)
+            logger.info("Wrote %d images to %s/", len(images), stem)
+        if config.sampling.save_trajectory:
+            save_trajectory(trajectory, times, experiment, stem)
+            logger.info("Wrote %s_trajectory.png and %s_trajectory.gif", stem, stem)
+    return stem + ".npz"

@@ -250,6 +250,15 @@ def _builders() -> dict[str, type]:
     return {"mnist": Mnist, "fashion_mnist": FashionMnist, "cifar10": Cifar10}
 
 
+def resolve_data_dir(data_dir: str) -> str:
+    """The TFDS data directory: the config's, else $TFDS_DATA_DIR, else TFDS's default."""
+    if data_dir:
+        return os.path.abspath(os.path.expanduser(data_dir))
+    if os.environ.get("TFDS_DATA_DIR"):
+        return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
+    return os.path.expanduser("~/tensorflow_datasets")
+
+
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 
 
@@ -301,8 +310,6 @@ def prepare(name: str, data_dir: str, source_dir: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m jaxdiff.prepare NAME... [--data_dir=DIR] [--source_dir=DIR]`."""
     import argparse
-
-    from jaxdiff.data import resolve_data_dir
 
     parser = argparse.ArgumentParser(
         prog="python -m jaxdiff.prepare",

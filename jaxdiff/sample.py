@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxdiff import conditioning, data, latent, parallel, samplers
@@ -155,73 +154,6 @@ def save_grid(
         save_png(os.path.join(directory, f"step_{step:07d}.png"), grid)
         write_progress(directory)
     return grid
-
-
-def _file_stem(experiment: Experiment, step: int) -> str:
-    """sample_<step>_<sampler>, plus _w<guidance>_<classes> for a conditional model."""
-    config = experiment.config
-    stem = f"sample_{step:07d}_{config.sampling.sampler}"
-    if not experiment.num_classes:
-        return stem
-    if not experiment.prompt_labels:
-        return stem + "_uncond"
-    if config.sampling.prompt.strip().lower() == conditioning.ALL_CLASSES:
-        classes = conditioning.ALL_CLASSES
-    else:
-        classes = "-".join(str(label) for label in experiment.prompt_labels)
-    return f"{stem}_w{config.sampling.guidance_scale:g}_{classes}"
-
-
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`--mode=sample`: draws samples with the latest checkpoint's EMA parameters.
-
-    A thin layer over `jaxdiff.load(workdir, config=config).sample()` that
-    writes `samples/<stem>.png` (a grid; for a prompt, one labelled row per
-    class) and `<stem>.npz` (`images` uint8 NHWC, `labels` (-1: unconditional),
-    `class_names`, `step`, `sampler`, `num_steps`, `guidance_scale`, `prompt`)
-    into the workdir; with `sampling.save_individual`, also each image as
-    `<stem>/<index>.png`; with `sampling.save_trajectory`, also
-    `<stem>_trajectory.png` and `.gif` (`save_trajectory`). The stem is
-    `sample_<step>_<sampler>`, with `_w<guidance>_<classes>` (or `_uncond`)
-    added for a conditional model.
-
-    Returns:
-      The path of the .npz file.
-    """
-    from jaxdiff.pipeline import load  # The pipeline builds on this module.
-
-    pipeline = load(workdir, config=config)
-    experiment, config = pipeline.experiment, pipeline.config
-    if config.sampling.save_trajectory:
-        trajectory, times, labels = pipeline.sample_trajectory()
-        images = trajectory[-1]
-    else:
-        images, labels = pipeline.sample()
-    stem = os.path.join(pipeline.workdir, "samples", _file_stem(experiment, pipeline.step))
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(stem), exist_ok=True)
-        save_png(stem + ".png", grid_image(images, experiment))
-        with open(stem + ".npz.tmp", "wb") as f:
-            np.savez(
-                f,
-                images=images,
-                labels=labels,
-                class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
-                step=pipeline.step,
-                sampler=config.sampling.sampler,
-                num_steps=config.sampling.num_steps,
-                guidance_scale=config.sampling.guidance_scale,
-                prompt=config.sampling.prompt,
-            )
-        os.replace(stem + ".npz.tmp", stem + ".npz")
-        logger.info("Wrote %s.png and %s.npz", stem, stem)
-        if config.sampling.save_individual:
-            save_images(images, stem)
-            logger.info("Wrote %d images to %s/", len(images), stem)
-        if config.sampling.save_trajectory:
-            save_trajectory(trajectory, times, experiment, stem)
-            logger.info("Wrote %s_trajectory.png and %s_trajectory.gif", stem, stem)
-    return stem + ".npz"
 
 
 # Samples the trajectory strip shows at most, one row each.

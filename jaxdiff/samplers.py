@@ -19,11 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.common import ScoreFn, per_example
 from jaxdiff.errors import UserError
-from jaxdiff.losses import ScoreFn
-from jaxdiff.sde import SDE, _bcast
+from jaxdiff.registry import Registry
+from jaxdiff.sde import SDE
 
 Sampler = Callable[[jax.Array, ScoreFn, SDE, tuple[int, ...]], jax.Array]
+
+# The samplers `sampling.sampler` chooses. Each is a function
+# (key, score_fn, sde, shape, *, num_steps, eps, snapshots, <its fields>) -> samples,
+# registered with the sampling.* fields it reads beyond num_steps and eps, its
+# network evaluations per sample `nfe(sampling_config)`, and optionally a
+# `check(sampling_config)` that raises UserError for settings it cannot take.
+SAMPLERS = Registry("sampling.sampler")
 
 
 def snapshot_states(num_steps: int, frames: int) -> np.ndarray:
@@ -81,6 +89,7 @@ def _scan(step, carry, xs, *, num_steps, snapshots, prior, state):
     return carry, buffer[:snapshots]
 
 
+@SAMPLERS.register("euler_maruyama", nfe=lambda c: c.num_steps)
 def euler_maruyama(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -107,7 +116,7 @@ def euler_maruyama(
         tb = jnp.full((shape[0],), t)
         x_mean = x - sde.reverse_drift(x, tb, score_fn(x, tb)) * dt
         noise = jax.random.normal(step_key, shape)
-        return (x_mean + _bcast(sde.diffusion(tb), x) * jnp.sqrt(dt) * noise, x_mean), None
+        return (x_mean + per_example(sde.diffusion(tb), x) * jnp.sqrt(dt) * noise, x_mean), None
 
     x = sde.prior_sample(init_key, shape)
     (_, x_mean), trajectory = _scan(
@@ -136,8 +145,8 @@ def _langevin_corrector(key, score_fn, sde, x, t, s, snr):
     noise_norm = jnp.sqrt(jnp.sum(noise**2, axis=axes))
     a, _ = sde.transition(s, t)
     step_size = 2 * a**2 * (snr * noise_norm / jnp.maximum(grad_norm, 1e-12)) ** 2
-    x_mean = x + _bcast(step_size, x) * score
-    return x_mean + _bcast(jnp.sqrt(2 * step_size), x) * noise
+    x_mean = x + per_example(step_size, x) * score
+    return x_mean + per_example(jnp.sqrt(2 * step_size), x) * noise
 
 
 def _reverse_diffusion_predictor(key, score_fn, sde, x, t, s):
@@ -147,16 +156,16 @@ def _reverse_diffusion_predictor(key, score_fn, sde, x, t, s):
     DDPM's ancestral sampling for VP. Returns (sample, mean).
     """
     a, v = sde.transition(s, t)
-    x_mean = (x + _bcast(v, x) * score_fn(x, t)) / _bcast(a, x)
-    return x_mean + _bcast(jnp.sqrt(v), x) * jax.random.normal(key, x.shape), x_mean
+    x_mean = (x + per_example(v, x) * score_fn(x, t)) / per_example(a, x)
+    return x_mean + per_example(jnp.sqrt(v), x) * jax.random.normal(key, x.shape), x_mean
 
 
 def _euler_maruyama_predictor(key, score_fn, sde, x, t, s):
     """One Euler-Maruyama step from t to s < t. Returns (sample, mean)."""
-    dt = _bcast(t - s, x)
+    dt = per_example(t - s, x)
     x_mean = x - sde.reverse_drift(x, t, score_fn(x, t)) * dt
     noise = jax.random.normal(key, x.shape)
-    return x_mean + _bcast(sde.diffusion(t), x) * jnp.sqrt(dt) * noise, x_mean
+    return x_mean + per_example(sde.diffusion(t), x) * jnp.sqrt(dt) * noise, x_mean
 
 
 PREDICTORS = {
@@ -165,6 +174,22 @@ PREDICTORS = {
 }
 
 
+def _check_pc(sampling_config) -> None:
+    c = sampling_config
+    if c.predictor not in PREDICTORS:
+        raise UserError(
+            f"unknown sampling.predictor {c.predictor!r}; choose one of {sorted(PREDICTORS)}"
+        )
+    if c.corrector_steps < 0:
+        raise UserError(f"sampling.corrector_steps must be >= 0, got {c.corrector_steps}")
+
+
+@SAMPLERS.register(
+    "pc",
+    fields=("predictor", "snr", "corrector_steps"),
+    nfe=lambda c: c.num_steps * (1 + c.corrector_steps),
+    check=_check_pc,
+)
 def predictor_corrector(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -212,6 +237,7 @@ def predictor_corrector(
     return x_mean if not snapshots else (x_mean, trajectory)
 
 
+@SAMPLERS.register("ode", nfe=lambda c: 2 * c.num_steps)
 def probability_flow_ode(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -253,13 +279,6 @@ def probability_flow_ode(
     return x if not snapshots else (x, trajectory)
 
 
-SAMPLERS = {
-    "euler_maruyama": euler_maruyama,
-    "pc": predictor_corrector,
-    "ode": probability_flow_ode,
-}
-
-
 def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
     """Binds the sampler named by `sampling_config.sampler` to its settings.
 
@@ -272,32 +291,20 @@ def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
       with snapshots, -> (samples, (snapshots, *shape) trajectory).
     """
     c = sampling_config
-    if c.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampling.sampler {c.sampler!r}; choose one of {sorted(SAMPLERS)}")
+    sampler = SAMPLERS.get(c.sampler)
     if c.num_steps < 2:
         raise UserError(f"sampling.num_steps must be >= 2, got {c.num_steps}")
     if not 0.0 < c.eps < 1.0:
         raise UserError(f"sampling.eps must be in (0, 1), got {c.eps}")
-    kwargs = {"num_steps": c.num_steps, "eps": c.eps}
-    if c.sampler == "pc":
-        if c.predictor not in PREDICTORS:
-            raise UserError(
-                f"unknown sampling.predictor {c.predictor!r}; choose one of {sorted(PREDICTORS)}"
-            )
-        if c.corrector_steps < 0:
-            raise UserError(f"sampling.corrector_steps must be >= 0, got {c.corrector_steps}")
-        kwargs.update(predictor=c.predictor, snr=c.snr, corrector_steps=c.corrector_steps)
+    if "check" in sampler.extras:
+        sampler.extras["check"](c)
+    kwargs = {"num_steps": c.num_steps, "eps": c.eps, **{f: c[f] for f in sampler.fields}}
     if snapshots:
         snapshot_states(c.num_steps, snapshots)  # Validates the count.
         kwargs["snapshots"] = snapshots
-    return functools.partial(SAMPLERS[c.sampler], **kwargs)
+    return functools.partial(sampler.build, **kwargs)
 
 
 def num_function_evals(sampling_config) -> int:
     """Network evaluations per sample for the configured sampler."""
-    c = sampling_config
-    if c.sampler == "pc":
-        return c.num_steps * (1 + c.corrector_steps)
-    if c.sampler == "ode":
-        return 2 * c.num_steps
-    return c.num_steps
+    return SAMPLERS.get(sampling_config.sampler).extras["nfe"](sampling_config)

@@ -14,12 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.common import per_example
 from jaxdiff.errors import UserError
-
-
-def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
-    """Reshapes a per-example vector (B,) so it broadcasts against x (B, ...)."""
-    return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
 
 
 class SDE:
@@ -50,7 +46,7 @@ class SDE:
 
     def marginal_prob(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Mean (shaped like x0) and std (shaped like t) of p(x_t | x_0)."""
-        return _bcast(self.mean_coeff(t), x0) * x0, self.marginal_std(t)
+        return per_example(self.mean_coeff(t), x0) * x0, self.marginal_std(t)
 
     def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """Draws x_1 from the prior."""
@@ -69,11 +65,11 @@ class SDE:
 
     def reverse_drift(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
         """Drift of the reverse-time SDE: f - g^2 * score (integrated backwards in t)."""
-        return self.drift(x, t) - _bcast(self.diffusion(t) ** 2, x) * score
+        return self.drift(x, t) - per_example(self.diffusion(t) ** 2, x) * score
 
     def probability_flow_drift(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
         """Velocity of the probability-flow ODE: f - g^2 / 2 * score."""
-        return self.drift(x, t) - 0.5 * _bcast(self.diffusion(t) ** 2, x) * score
+        return self.drift(x, t) - 0.5 * per_example(self.diffusion(t) ** 2, x) * score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +123,7 @@ class VPSDE(SDE):
         return jnp.sqrt(-jnp.expm1(-self._integrated_beta(t)))
 
     def drift(self, x, t):
-        return -0.5 * _bcast(self.beta(t), x) * x
+        return -0.5 * per_example(self.beta(t), x) * x
 
     def diffusion(self, t):
         return jnp.sqrt(self.beta(t))

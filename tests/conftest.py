@@ -143,7 +143,7 @@ def tiny_latent_overrides() -> dict[str, object]:
 def _train_tiny(tmp_path_factory, name, overrides):
     from jaxdiff.configs import get_config
 
-    from jaxdiff.train import train_and_evaluate
+    from jaxdiff.training import train_and_evaluate
 
     config = apply_overrides(get_config(name), overrides)
     workdir = tmp_path_factory.mktemp(name.replace(":", "_"))
@@ -197,3 +197,14 @@ def tiny_classifier(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("classifier_mnist")
     state = train_classifier(config, str(workdir))
     return config, workdir, state
+
+
+# The full suite's end-to-end tier: tests that train through a session-wide run
+# (or mark themselves slow) are left out of the fast tier, `pytest -m "not slow"`.
+_END_TO_END_FIXTURES = {"tiny_run", "tiny_cond_run", "tiny_latent_run", "tiny_classifier"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,6 +8,9 @@ import pytest
 
 from .conftest import ROOT
 
+# End-to-end: main.py processes and real runs (not in the fast tier).
+pytestmark = pytest.mark.slow
+
 
 def snapshot(path):
     """Every file under path with its size and mtime: equal snapshots mean nothing changed."""

@@ -11,7 +11,7 @@ from jaxdiff.conditioning import guided_score_fn, parse_prompt
 from jaxdiff.errors import UserError
 from jaxdiff.samplers import create_sampler
 from jaxdiff.sde import VESDE
-from jaxdiff.train import draw_training_batch
+from jaxdiff.training import draw_training_batch
 
 from .test_samplers import SAMPLERS, sampling_config
 

@@ -20,6 +20,9 @@ import pytest
 
 from .conftest import ROOT, tiny_latent_overrides
 
+# End-to-end: main.py processes and real runs (not in the fast tier).
+pytestmark = pytest.mark.slow
+
 DOCS = ROOT / "docs"
 
 # The pages in reading order (docs/README.md lists them so), in two chains that

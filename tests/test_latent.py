@@ -14,7 +14,7 @@ from jaxdiff import data, latent, parallel
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models.autoencoder import kl_divergence
 from jaxdiff.state import create_autoencoder_state, create_optimizer
-from jaxdiff.train import train_and_evaluate
+from jaxdiff.training import train_and_evaluate
 
 from .conftest import apply_overrides, tiny_latent_overrides
 from .test_cli import run_main, snapshot

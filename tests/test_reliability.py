@@ -23,11 +23,14 @@ import pytest
 
 from jaxdiff import data, preemption
 from jaxdiff.errors import UserError
-from jaxdiff.train import train_and_evaluate
+from jaxdiff.training import train_and_evaluate
 from jaxdiff.workdir import WorkdirLock
 
 from .conftest import ROOT, cli_flags, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
+
+# End-to-end: main.py processes and real runs (not in the fast tier).
+pytestmark = pytest.mark.slow
 
 NUM_STEPS = 200
 CHECKPOINT_EVERY = 8  # Saves every other call: a random kill often lands in one.

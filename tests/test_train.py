@@ -16,7 +16,7 @@ from PIL import Image
 
 from jaxdiff.errors import UserError
 from jaxdiff.pipeline import load
-from jaxdiff.train import train_and_evaluate
+from jaxdiff.training import train_and_evaluate
 
 from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
@@ -181,7 +181,7 @@ from tests.conftest import apply_overrides, tiny_overrides
 from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.train import make_train_call
+from jaxdiff.training import make_train_call
 
 config = apply_overrides(mnist.get_config(), tiny_overrides())
 experiment = create_experiment(config)

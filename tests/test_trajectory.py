@@ -8,7 +8,8 @@ from PIL import Image
 
 import jaxdiff
 from jaxdiff.errors import UserError
-from jaxdiff.sample import grid_image, sample, strip_rows
+from jaxdiff.pipeline import sample
+from jaxdiff.sample import grid_image, strip_rows
 from jaxdiff.samplers import create_sampler, snapshot_states, state_times
 from jaxdiff.sde import VESDE
 from jaxdiff.visualize import captioned

@@ -1,27 +1,94 @@
 """Score networks, chosen by `config.model.name`."""
 
-import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.common import ScoreFn, per_example
 from jaxdiff.errors import UserError
-from jaxdiff.losses import ScoreFn
 from jaxdiff.models.autoencoder import Autoencoder
 from jaxdiff.models.unet import SeedUNet, UNet
-from jaxdiff.sde import SDE, _bcast
+from jaxdiff.registry import Registry
+from jaxdiff.sde import SDE
 
-MODELS = {
-    # The seed's net as published (transposed-conv decoder): the MNIST configs'
-    # and the benchmark against the PyTorch original.
-    "seed_unet": functools.partial(SeedUNet, upsample="transpose"),
-    # Same parameters, decoder upsamples by resize + 3x3 conv (4x the work).
-    "seed_unet_resize": functools.partial(SeedUNet, upsample="resize"),
-    "unet": UNet,
-}
+# The score networks `model.name` chooses. A builder takes (model_config,
+# image_shape, num_classes, dtype) and returns the Linen module; num_classes is 0
+# for an unconditional net. `fields` are the model.* fields it reads.
+NETWORKS = Registry("model.name")
+
+# What every conditional net reads (create_model checks them).
+CONDITIONING_FIELDS = ("conditional", "context_tokens", "context_dim", "ff_mult", "num_heads")
+_SEED_FIELDS = ("channels", "embed_dim", "fourier_scale", "attention_resolutions")
+
+
+def _seed_unet(upsample: str) -> Callable:
+    def build(model_config, image_shape, num_classes, dtype):
+        c, name = model_config, model_config.name
+        channels = tuple(c.channels)
+        if len(channels) != 4:
+            raise UserError(f"model {name!r} has 4 levels; model.channels={channels}")
+        # Three stride-2 VALID 3x3 convs after a stride-1 one: the smallest map must stay >= 1.
+        height, width, _ = image_shape
+        sides = [min(height, width) - 2]
+        for _ in range(3):
+            sides.append((sides[-1] - 3) // 2 + 1)
+        if sides[-1] < 1:
+            raise UserError(f"image {height}x{width} is too small for {name!r} (needs >= 16x16)")
+        fields = dict(channels=channels, embed_dim=c.embed_dim, fourier_scale=c.fourier_scale)
+        if num_classes:
+            if not set(sides) & set(c.attention_resolutions):
+                raise UserError(
+                    f"model.attention_resolutions={tuple(c.attention_resolutions)} names none of "
+                    f"{name!r}'s feature-map sides {sides}: the condition would be ignored"
+                )
+            fields.update(
+                _class_fields(c, num_classes),
+                attention_resolutions=tuple(c.attention_resolutions),
+                num_heads=c.num_heads,
+            )
+        return SeedUNet(**fields, upsample=upsample, dtype=dtype)
+
+    return build
+
+
+# The seed's net as published (transposed-conv decoder): the MNIST configs' and
+# the benchmark against the PyTorch original.
+NETWORKS.register("seed_unet", fields=_SEED_FIELDS)(_seed_unet("transpose"))
+# Same parameters; the decoder upsamples by resize + 3x3 conv.
+NETWORKS.register("seed_unet_resize", fields=_SEED_FIELDS)(_seed_unet("resize"))
+
+
+@NETWORKS.register(
+    "unet",
+    fields=(*_SEED_FIELDS, "num_res_blocks", "num_heads", "dropout"),
+)
+def _unet(model_config, image_shape, num_classes, dtype):
+    c = model_config
+    channels = tuple(c.channels)
+    # Sides halve (rounding up) between levels and the decoder resizes back to each
+    # skip's size, so any size works that leaves the deepest level more than one pixel.
+    height, width, _ = image_shape
+    factor = 2 ** (len(channels) - 1)
+    if min(height, width) <= factor // 2:
+        raise UserError(
+            f"image {height}x{width} is too small for model 'unet' with {len(channels)} levels "
+            f"(needs sides > {factor // 2}); use fewer model.channels"
+        )
+    return UNet(
+        channels=channels,
+        embed_dim=c.embed_dim,
+        fourier_scale=c.fourier_scale,
+        num_res_blocks=c.num_res_blocks,
+        attention_resolutions=tuple(c.attention_resolutions),
+        num_heads=c.num_heads,
+        dropout=c.dropout,
+        dtype=dtype,
+        **(_class_fields(c, num_classes) if num_classes else {}),
+    )
 
 
 def create_model(
@@ -39,73 +106,43 @@ def create_model(
       UserError: for an unknown name or an image shape the architecture cannot take.
     """
     c = model_config
-    dtype = dtype or jnp.float32
-    if c.name not in MODELS:
-        raise UserError(f"unknown model.name {c.name!r}; choose one of {sorted(MODELS)}")
+    network = NETWORKS.get(c.name)
     if c.preconditioning not in PRECONDITIONINGS:
         raise UserError(
             f"unknown model.preconditioning {c.preconditioning!r}; "
             f"choose one of {list(PRECONDITIONINGS)}"
         )
-    height, width, _ = image_shape
-    channels = tuple(c.channels)
-    common = dict(channels=channels, embed_dim=c.embed_dim, fourier_scale=c.fourier_scale)
     if c.conditional:
-        common.update(_conditioning_fields(c, channels, num_classes))
-    if c.name.startswith("seed_unet"):
-        if len(channels) != 4:
-            raise UserError(f"model {c.name!r} has 4 levels; model.channels={channels}")
-        # Three stride-2 VALID 3x3 convs after a stride-1 one: the smallest map must stay >= 1.
-        sides = [min(height, width) - 2]
-        for _ in range(3):
-            sides.append((sides[-1] - 3) // 2 + 1)
-        if sides[-1] < 1:
-            raise UserError(f"image {height}x{width} is too small for {c.name!r} (needs >= 16x16)")
-        if c.conditional and not set(sides) & set(c.attention_resolutions):
-            raise UserError(
-                f"model.attention_resolutions={tuple(c.attention_resolutions)} names none of "
-                f"{c.name!r}'s feature-map sides {sides}: the condition would be ignored"
-            )
-        return MODELS[c.name](**common, dtype=dtype)
-    # Sides halve (rounding up) between levels and the decoder resizes back to each
-    # skip's size, so any size works that leaves the deepest level more than one pixel.
-    factor = 2 ** (len(channels) - 1)
-    if min(height, width) <= factor // 2:
-        raise UserError(
-            f"image {height}x{width} is too small for model 'unet' with {len(channels)} levels "
-            f"(needs sides > {factor // 2}); use fewer model.channels"
-        )
-    return UNet(
-        **common,
-        num_res_blocks=c.num_res_blocks,
-        attention_resolutions=tuple(c.attention_resolutions),
-        num_heads=c.num_heads,
-        dropout=c.dropout,
-        dtype=dtype,
+        _check_conditioning(c, num_classes)
+    return network.build(
+        c, tuple(image_shape), num_classes if c.conditional else 0, dtype or jnp.float32
     )
 
 
-def _conditioning_fields(model_config, channels: tuple[int, ...], num_classes: int) -> dict:
+def _check_conditioning(model_config, num_classes: int) -> None:
     c = model_config
     if num_classes < 1:
         raise UserError("model.conditional needs a dataset with classes")
     for field in ("context_tokens", "context_dim", "ff_mult", "num_heads"):
         if c[field] < 1:
             raise UserError(f"model.{field} must be positive, got {c[field]}")
-    for width in channels:
+    for width in c.channels:
         if width % c.num_heads:
             raise UserError(
-                f"model.channels={channels} do not split into model.num_heads={c.num_heads} heads"
+                f"model.channels={tuple(c.channels)} do not split into "
+                f"model.num_heads={c.num_heads} heads"
             )
-    fields = dict(
+
+
+def _class_fields(model_config, num_classes: int) -> dict:
+    """The keyword arguments every conditional net takes."""
+    c = model_config
+    return dict(
         num_classes=num_classes,
         context_tokens=c.context_tokens,
         context_dim=c.context_dim,
         ff_mult=c.ff_mult,
     )
-    if c.name.startswith("seed_unet"):  # The residual UNet takes these in any case.
-        fields.update(attention_resolutions=tuple(c.attention_resolutions), num_heads=c.num_heads)
-    return fields
 
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
@@ -173,13 +210,13 @@ def make_score_fn(
         return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
 
     if model_config.preconditioning == "none":
-        return lambda x, t: network(x, t) / _bcast(sde.marginal_std(t), x)
+        return lambda x, t: network(x, t) / per_example(sde.marginal_std(t), x)
 
     sigma_data = model_config.sigma_data
 
     def score_fn(x, t):
-        alpha = _bcast(sde.mean_coeff(t), x)
-        sigma = _bcast(sde.marginal_std(t), x) / alpha
+        alpha = per_example(sde.mean_coeff(t), x)
+        sigma = per_example(sde.marginal_std(t), x) / alpha
         total = sigma**2 + sigma_data**2
         x_scaled = x / alpha
         out = network(x_scaled * jax.lax.rsqrt(total), t)

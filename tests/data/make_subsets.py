@@ -33,7 +33,9 @@ def rows(name: str, split: str, num: int | None = None) -> tuple[np.ndarray, np.
 def write_source_files(name: str, folder: pathlib.Path, sizes=(None, None)) -> None:
     """Writes `name`'s rows in its original distribution format into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    splits = {split: rows(name, split, num) for split, num in zip(("train", "test"), sizes)}
+    splits = {
+        split: rows(name, split, num) for split, num in zip(("train", "test"), sizes, strict=True)
+    }
     if name == "cifar10":
         builder = tfds.builder("cifar10", data_dir=os.environ["TFDS_DATA_DIR"])
         names = builder.info.features["label"].names

@@ -3,8 +3,6 @@
 import functools
 import logging
 import os
-import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -212,17 +210,3 @@ def _train(
         if metrics_log is not None:
             metrics_log.close()
     return state
-
-
-class _CallableModule(types.ModuleType):
-    """`jaxdiff.train(config, workdir)` calls `train_and_evaluate`.
-
-    The function cannot simply be named `jaxdiff.train`: importing this module
-    binds the name to the module. Making the module callable keeps both.
-    """
-
-    def __call__(self, config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainState:
-        return train_and_evaluate(config, workdir, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,110 @@
+"""The package's shape: imports run one way, registries list what configs can name."""
+
+import ast
+
+import pytest
+from jaxdiff.configs import default
+
+from jaxdiff import samplers
+from jaxdiff.errors import UserError
+from jaxdiff.models import NETWORKS
+from jaxdiff.registry import Registry
+
+from .conftest import ROOT
+
+PACKAGE = ROOT / "jaxdiff"
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path, modules: set[str]) -> set[str]:
+    """The package's modules that a file imports anywhere in it (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in modules}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    files["jaxdiff.configs"] = ROOT / "configs" / "__init__.py"
+    files |= {f"jaxdiff.configs.{p.stem}": p for p in (ROOT / "configs").glob("[!_]*.py")}
+    modules = set(files)
+    # The package's own __init__ only names the others lazily (and for type checkers).
+    return {
+        name: imported_modules(path, modules) - {name, "jaxdiff"}
+        for name, path in files.items()
+        if name != "jaxdiff"
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for successor in sorted(graph.get(node, ())):
+            if state.get(successor) == "open":
+                return [*path[path.index(successor) :], successor]
+            if successor not in state and (cycle := visit(successor, [*path, successor])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one_and_only_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_package_imports_have_no_cycle():
+    graph = import_graph()
+    assert (
+        "jaxdiff.pipeline" in graph["jaxdiff.sample"]
+        or "jaxdiff.sample" in graph["jaxdiff.pipeline"]
+    )  # the graph sees the imports it should
+    assert find_cycle(graph) is None
+
+
+def test_shared_helpers_import_nothing_of_the_package():
+    graph = import_graph()
+    assert graph["jaxdiff.common"] == set()
+    assert graph["jaxdiff.registry"] <= {"jaxdiff.errors"}
+
+
+def test_registry_lists_the_names_in_one_line_for_an_unknown_one():
+    registry = Registry("thing.name")
+    registry.register("b", fields=("x",))(lambda: 2)
+    registry.register("a")(lambda: 1)
+    assert registry.get("b").build() == 2 and registry.get("b").fields == ("x",)
+    with pytest.raises(UserError, match=r"^unknown thing.name 'c'; choose one of a, b$"):
+        registry.get("c")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("a")(lambda: 3)
+    registry.unregister("a")
+    assert list(registry) == ["b"]
+
+
+@pytest.mark.parametrize(
+    "registry, group",
+    [(NETWORKS, "model"), (samplers.SAMPLERS, "sampling")],
+)
+def test_every_registered_field_is_a_config_field(registry, group):
+    fields = default.get_config()[group]
+    for name in registry:
+        assert set(registry.get(name).fields) <= set(fields), name
+    assert {"seed_unet", "unet"} <= set(NETWORKS) and {"euler_maruyama", "pc", "ode"} <= set(
+        samplers.SAMPLERS
+    )
