@@ -89,7 +89,7 @@ def _normalize(word: str) -> str:
 def _vocabulary(dataset: str) -> dict[str, int]:
     names = CLASS_NAMES[dataset]
     vocabulary = {_normalize(name): label for label, name in enumerate(names)}
-    vocabulary.update({_normalize(word): label for word, label in ALIASES[dataset].items()})
+    vocabulary.update({_normalize(word): label for word, label in ALIASES.get(dataset, {}).items()})
     return vocabulary
 
 
@@ -135,7 +135,7 @@ def describe_classes(dataset: str) -> str:
     """'airplane (plane, aeroplane), automobile (car), ...': the names a prompt may use."""
     parts = []
     for label, name in enumerate(CLASS_NAMES[dataset]):
-        aliases = [word for word, i in ALIASES[dataset].items() if i == label]
+        aliases = [word for word, i in ALIASES.get(dataset, {}).items() if i == label]
         parts.append(f"{name} ({', '.join(aliases)})" if aliases else name)
     return ", ".join(parts)
 
