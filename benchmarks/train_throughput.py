@@ -82,7 +82,7 @@ def prepare(config, python_loop):
     """Compiles a row's train call and runs it once; returns (timed_call, warm-up s, params)."""
     experiment = create_experiment(config)
     config = experiment.config
-    images, labels = data.load_split(config.data.dataset, "train[:2048]", config.data.data_dir)
+    images, labels = data.load_split(config.data.dataset, "train[:1024]", config.data.data_dir)
     if experiment.autoencoder is not None:
         # Stage 2 trains on latents; their values do not change the step's cost.
         latents = np.random.default_rng(0).standard_normal((len(images), *experiment.data_shape))

@@ -2,10 +2,9 @@
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
 
-Measured on 2 CPU cores (README "Results"): 9 min 44 s for the 4,000 steps of
-batch 64, sample grids included; final loss 16.6; FID 3.66 in the MNIST
-classifier's feature space (2,000 ODE samples). On an accelerator, train
-longer and wider: --config.training.num_steps=40000 --config.training.batch_size=128.
+Measured results (time, losses, samples, FID): docs/results.md. On an
+accelerator, train longer and wider:
+--config.training.num_steps=40000 --config.training.batch_size=128.
 """
 
 from jaxdiff.configs import default
@@ -15,8 +14,7 @@ def get_config():
     config = default.get_config()
     config.data.dataset = "mnist"
     # Batch 64 x 4,000 steps beat batch 128 x 2,000 steps (the same images) on
-    # CPU: loss 29.4 vs 32.4, cleaner digits, and 330 vs 275 images/s (measured
-    # with the resize decoder, the default then).
+    # CPU: lower loss, cleaner digits, less time (docs/results.md).
     config.training.batch_size = 64
     config.training.num_steps = 4000
     config.training.learning_rate = 2e-3

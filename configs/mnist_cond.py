@@ -4,12 +4,9 @@
     python main.py --config=configs/mnist_cond.py --workdir=runs/mnist_cond --mode=sample \
         --config.sampling.prompt="3,seven,8" --config.sampling.guidance_scale=2
 
-Measured on 2 CPU cores (README "Results"): 19 min 3 s wall for the 4,000 steps
-of batch 64, of which about 6 min are the four guided 100-sample class grids
-(Euler-Maruyama, 500 steps; --config.training.sample_at_checkpoints=False skips
-them); training at a median 355 images/s; loss 15.3 at step 4000. Counted by
-eye in the final grid (w = 2), 97 of 100 digits are unambiguously the
-requested one.
+The guided 100-sample class grids drawn at each checkpoint take a good share
+of a CPU run's time; --config.training.sample_at_checkpoints=False skips them.
+Measured results: docs/results.md.
 """
 
 from jaxdiff.configs import mnist

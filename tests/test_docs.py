@@ -33,6 +33,7 @@ CHAINS = [
         "quickstart.md",
         "python_api.md",
         "configs.md",
+        "extending.md",
         "variants.md",
         "samplers_and_sdes.md",
         "evaluation.md",
@@ -47,12 +48,14 @@ CHAINS = [
         "performance.md",
         "benchmarks.md",
         "benchmarks_configs.md",
+        "results.md",
     ],
 ]
 PAGES = [
     "quickstart.md",
     "python_api.md",
     "configs.md",
+    "extending.md",
     "variants.md",
     "samplers_and_sdes.md",
     "conditioning.md",
@@ -64,6 +67,7 @@ PAGES = [
     "scaling.md",
     "checkpoints.md",
     "troubleshooting.md",
+    "results.md",
 ]
 
 
