@@ -2,9 +2,8 @@
 
     python examples/quickstart.py --workdir=runs/example
 
-Measured on 2 shared CPU cores: 1 min 38 s in all (93 s of training at about
-205 images/s, 4 s of sampling); after 200 steps the samples are blurry
-strokes, not yet digits.
+After 200 steps the samples are blurry strokes, not yet digits; how long it
+takes on a CPU: docs/results.md.
 
 Writes the run to the workdir (checkpoints, sample grids, progress.gif) and
 16 samples drawn through the Python API to `<workdir>/quickstart_samples.png`.

@@ -1,14 +1,13 @@
 """`jit`: `jax.jit` with the XLA options every jaxdiff program is compiled with.
 
 On CPU, XLA (jaxlib 0.10) hands convolutions, single dots and reductions to
-YNNPACK fusions by default. On 2 CPU cores YNNPACK's convolutions ran at
-0.6-0.7x the speed of XLA's own kernels, and its reductions 7x faster;
-a training step's backward pass is full of such reductions (bias and
-normalization gradients). So on CPU jaxdiff keeps YNNPACK for reductions and
-single dots and gives convolutions to XLA's own kernels, unless `XLA_FLAGS`
-sets the option itself, or this XLA does not know it. The figures, kernel by
-kernel and for whole train and sampling calls, are in docs/performance.md
-(benchmarks/xla_options.py).
+YNNPACK fusions by default. Measured on CPU, YNNPACK's convolutions were
+slower than XLA's own kernels and its reductions faster; a training step's
+backward pass is full of such reductions (bias and normalization gradients).
+So on CPU jaxdiff keeps YNNPACK for reductions and single dots and gives
+convolutions to XLA's own kernels, unless `XLA_FLAGS` sets the option itself,
+or this XLA does not know it. The figures, kernel by kernel and for whole train
+and sampling calls, are in docs/performance.md (benchmarks/xla_options.py).
 """
 
 import functools

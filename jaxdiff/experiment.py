@@ -37,9 +37,8 @@ class Experiment:
 _POSITIVE_TRAINING_FIELDS = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
 
 # Optimizer steps per compiled call when training.steps_per_call = 0, per backend.
-# CPU: 4 steps unrolled in one call trained 1.10x faster than 1 step per call
-# (benchmarks/results/train_throughput_cpu.json); other backends: not measured
-# here, so 1.
+# CPU: 4 steps unrolled in one call trained faster than 1 step per call
+# (docs/performance.md); other backends: not measured here, so 1.
 _AUTO_STEPS_PER_CALL = {"cpu": 4}
 
 

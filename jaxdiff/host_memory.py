@@ -1,17 +1,14 @@
 """`keep_freed_memory`: reuse freed host memory instead of page-faulting it in again.
 
-On CPU, XLA allocates each call's temporary buffers in one block (1.26 GB for a
-CIFAR-10 U-Net train call at batch 32) and frees it when the call returns.
+On CPU, XLA allocates each call's temporary buffers in one block (over a
+gigabyte for a CIFAR-10 U-Net train call) and frees it when the call returns.
 glibc's malloc serves a block that large with a fresh `mmap` and gives it back
 with `munmap`, so every call faults its pages in again and the kernel zeroes
-them: 308,721 page faults and 0.65 s of system time per CIFAR-10 train call on
-2 cores. Keeping freed memory in the heap lets the next call reuse it. Measured
-in turns in one process (benchmarks/host_memory.py; docs/performance.md), train
-calls ran 1.09x (CIFAR-10) and 1.23x (MNIST) as fast at batch 32, and 1.10x
-(Fashion-MNIST) and 1.16x (MNIST) at batch 64; sampling 0.99-1.09x, as a
-sampler's `lax.scan` reuses its buffers within the call. main.py calls it
-(`--keep_freed_memory`). The price: the process keeps its peak memory until it
-exits.
+them. Keeping freed memory in the heap lets the next call reuse it: train calls
+run faster, sampling about as fast, as a sampler's `lax.scan` reuses its
+buffers within the call (benchmarks/host_memory.py; the figures are in
+docs/performance.md). main.py calls it (`--keep_freed_memory`). The price: the
+process keeps its peak memory until it exits.
 """
 
 import ctypes

@@ -63,8 +63,8 @@ def compile_train_call(
 
     On accelerators the steps are a `lax.scan`. On CPU they are unrolled in
     Python instead: XLA:CPU runs the U-Net's backward pass inside any loop
-    (even `lax.scan(unroll=True)`, which keeps a one-trip while loop) about 30x
-    slower (benchmarks/results/train_throughput_cpu.json). `python_loop`
+    (even `lax.scan(unroll=True)`, which keeps a one-trip while loop) many
+    times slower (docs/performance.md). `python_loop`
     overrides that choice (for benchmarks). Returns per-step metrics stacked
     along a leading axis.
     """
