@@ -105,7 +105,7 @@ def shrink_overrides(config_name: str) -> dict[str, object]:
 
 # What other commands get appended.
 OTHER_SHRINKS = {
-    "benchmarks/train_throughput.py": ["--batch_size=8", "--repeats=1"],
+    "benchmarks/probes/train_throughput.py": ["--batch_size=8", "--repeats=1"],
     "examples/quickstart.py": ["--smoke"],
 }
 

@@ -1,6 +1,8 @@
-"""Score networks: output shapes, and parameter counts re-derived layer by layer."""
+"""Score networks: output shapes, and parameter counts re-derived layer by layer.
 
-import re
+The low-level operations the layers are built on (jaxdiff.ops) are tested in
+tests/test_ops.py.
+"""
 
 import flax.linen as nn
 import jax
@@ -23,14 +25,10 @@ from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, layers, make_score_fn
 from jaxdiff.models import unet as unet_module
 from jaxdiff.models.layers import (
-    ConvTranspose,
     GaussianFourierProjection,
     GroupNorm,
     MultiHeadAttention,
     SpatialTransformer,
-    resize_to,
-    strided_conv_general_dilated,
-    upsample2x_conv_general_dilated,
 )
 from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
@@ -164,255 +162,13 @@ def test_seed_net_transposed_convs_reach_every_skip_size_on_cifar():
     assert out_shape == (2, 32, 32, 3)
 
 
-def numpy_conv_transpose(x, kernel, stride, size):
-    """Flax's VALID transposed conv by its definition: input pixel i adds its
-    kernel-weighted values at stride * i + a, with the kernel flipped, then
-    zeros to `size` (PyTorch's output_padding)."""
-    n, h, w, _ = x.shape
-    k = kernel.shape[0]
-    y = np.zeros((n, *size, kernel.shape[-1]))
-    flipped = kernel[::-1, ::-1]
-    for i in range(h):
-        for j in range(w):
-            patch = np.einsum("nc,abco->nabo", x[:, i, j], flipped)
-            y[:, stride * i : stride * i + k, stride * j : stride * j + k] += patch
-    return y
-
-
-# Three of the seed decoder's transposed convs (input side, stride, output side),
-# fewer channels: from 2x2 (its own tangent form on CPU), stride 2 with PyTorch's
-# output_padding, and stride 1.
-@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12), (26, 1, 28)])
-def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(side, stride, size):
-    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
-    layer = ConvTranspose(4, stride=stride)
-    params = layer.init(jax.random.key(0), x, (size, size))
-
-    def flax_layer(params, x):  # The reference: flax's layer, padded at the end.
-        h = nn.ConvTranspose(4, (3, 3), (stride, stride), "VALID", use_bias=False).apply(params, x)
-        return jnp.pad(h, ((0, 0), (0, size - h.shape[1]), (0, size - h.shape[2]), (0, 0)))
-
-    # Same parameter (so the same checkpoints) and the same function.
-    flax_params = nn.ConvTranspose(4, (3, 3), (stride, stride), "VALID", use_bias=False).init(
-        jax.random.key(0), x
-    )
-    np.testing.assert_array_equal(params["params"]["kernel"], flax_params["params"]["kernel"])
-    ours = lambda params, x: layer.apply(params, x, (size, size))  # noqa: E731
-    y = ours(params, x)
-    kernel = np.asarray(params["params"]["kernel"], np.float64)
-    np.testing.assert_allclose(
-        y, numpy_conv_transpose(np.asarray(x, np.float64), kernel, stride, (size, size)), atol=1e-5
-    )
-    # Reverse mode (training) and forward mode (likelihood's jvp) agree with flax's.
-    cotangent = jax.random.normal(jax.random.key(2), y.shape)
-    grads = jax.grad(lambda p, x: jnp.vdot(ours(p, x), cotangent), (0, 1))(params, x)
-    ref = jax.grad(lambda p, x: jnp.vdot(flax_layer(p, x), cotangent), (0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
-    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
-    _, jvp = jax.jvp(ours, (params, x), tangents)
-    _, ref_jvp = jax.jvp(flax_layer, (params, x), tangents)
-    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
-
-
-# The seed decoder's 2->5 (where XLA:CPU's dilated convolution is slow), and
-# 5->12 with output padding.
-@pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12)])
-@pytest.mark.parametrize("form", ["_overlap_add", "_transpose_of_conv"])
-def test_both_platform_forms_of_the_transposed_conv_are_its_definition(form, side, stride, size):
-    x = np.asarray(jax.random.normal(jax.random.key(1), (2, side, side, 3)))
-    kernel = np.asarray(jax.random.normal(jax.random.key(2), (3, 3, 3, 4)))
-    # Both forms take the kernel of the forward conv they are the adjoint of.
-    y = getattr(layers, form)(x, kernel[::-1, ::-1], stride, (2, size, size, 4))
-    expected = numpy_conv_transpose(x.astype(np.float64), kernel, stride, (size, size))
-    np.testing.assert_allclose(y, expected, atol=1e-5)
-
-
-def _convolutions(lowered_text):
-    return [line for line in lowered_text.splitlines() if "stablehlo.convolution" in line]
-
-
-def test_transposed_conv_lowers_for_gpu_to_the_convolutions_cudnn_runs_fast():
-    """Forward: a reversed kernel over the dilated input (cuDNN backward data);
-    kernel gradient: no dilated input (cuDNN backward filter). Written as a
-    plain `lax.conv_transpose`, the kernel gradient convolves the dilated input."""
-    x, layer = jnp.ones((2, 12, 12, 3)), ConvTranspose(4, stride=2)
-    params = layer.init(jax.random.key(0), x, (26, 26))
-
-    def for_gpu(fn, *args):
-        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-
-    forward = for_gpu(lambda p: layer.apply(p, x, (26, 26)), params)
-    convs = _convolutions(forward)
-    assert len(convs) == 1 and "lhs_dilate = [2, 2]" in convs[0]
-    kernel_operand = re.search(r"convolution\(%\w+, (%\w+)\)", convs[0]).group(1)
-    assert f"{kernel_operand} = stablehlo.reverse" in forward
-    loss = lambda p, x: jnp.sum(layer.apply(p, x, (26, 26)) ** 2)  # noqa: E731
-    backward = _convolutions(for_gpu(jax.grad(loss, (0, 1)), params, x))
-    assert len(backward) == 3  # forward, input gradient, kernel gradient
-    assert sum("lhs_dilate = [1, 1]" in line for line in backward) == 2
-
-
-def test_seed_net_has_no_dilated_convolution_from_a_2x2_map_on_cpu():
-    """XLA:CPU runs input-dilated convolutions from a 2x2 map 15x slower than
-    their work needs: on CPU the seed net's transposed conv from 2x2, the input
-    gradient of its strided conv to 2x2 and their forward-mode tangents are
-    matmuls and overlap-adds instead, in training and in the likelihood's jvp."""
-    model = create_model(mnist.get_config().model, (28, 28, 1))
-    x, t = jnp.ones((2, 28, 28, 1)), jnp.ones((2,))
-    params = jax.eval_shape(model.init, jax.random.key(0), x, t)
-
-    def loss(params, x):
-        return jnp.sum(model.apply(params, x, t) ** 2)
-
-    def jvp(params, x):
-        return jax.jvp(lambda x: model.apply(params, x, t), (x,), (x,))
-
-    for program in (jax.grad(loss, (0, 1)), jvp):
-        convs = _convolutions(jax.jit(program).lower(params, x).as_text())
-        dilated = [
-            line for line in convs if "lhs_dilate" in line and "lhs_dilate = [1, 1]" not in line
-        ]
-        assert convs
-        # The input operand's shape: (tensor<NxHxWxC...>, kernel) -> output.
-        sides = [re.search(r": \(tensor<\d+x(\d+)x(\d+)x", line).groups() for line in dilated]
-        assert ("2", "2") not in sides, program
-
-
-# The seed encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
-# transposed conv and has its own form on CPU) and the one before (12 -> 5), fewer channels.
-@pytest.mark.parametrize("side", [5, 12])
-def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):
-    x = jax.random.normal(jax.random.key(1), (2, side, side, 3))
-
-    def conv(**kwargs):
-        return nn.Conv(4, (3, 3), 2, "VALID", use_bias=False, **kwargs)
-
-    ours = conv(conv_general_dilated=strided_conv_general_dilated)
-    params = ours.init(jax.random.key(0), x)
-    jax.tree.map(np.testing.assert_array_equal, params, conv().init(jax.random.key(0), x))
-    y = ours.apply(params, x)
-    np.testing.assert_allclose(y, conv().apply(params, x), atol=1e-5)
-    cotangent = jax.random.normal(jax.random.key(2), y.shape)
-    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
-    ref = jax.grad(lambda p, x: jnp.vdot(conv().apply(p, x), cotangent), (0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
-    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
-    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
-    _, ref_jvp = jax.jvp(conv().apply, (params, x), tangents)
-    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
-
-
-def test_strided_conv_rejects_what_it_does_not_compute():
-    layer = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=strided_conv_general_dilated)
-    with pytest.raises(ValueError, match="NHWC VALID convolution"):
-        layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
-
-
-class _ResizeThenConv(nn.Module):
-    """The reference: nearest 2x resize of the map, then flax's 3x3 SAME conv."""
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.Conv(5, (3, 3))(resize_to(x, 2 * x.shape[1], 2 * x.shape[2]))
-
-
-# Square and oblong maps, even and odd sides (the U-Nets' 7 -> 14 among them).
-@pytest.mark.parametrize("side", [(4, 4), (7, 3)])
-def test_upsample2x_conv_is_resize_then_conv_in_value_and_both_derivatives(side):
-    x = jax.random.normal(jax.random.key(1), (2, *side, 3))
-    ours = nn.Conv(5, (3, 3), conv_general_dilated=upsample2x_conv_general_dilated)
-    params = ours.init(jax.random.key(0), x)
-    reference = _ResizeThenConv()
-    ref_params = reference.init(jax.random.key(0), x)
-    # The same parameters (names and shapes) as flax's conv: checkpoints carry over.
-    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
-    assert shapes(params["params"]) == shapes(ref_params["params"]["Conv_0"])
-    as_ref = lambda p: {"params": {"Conv_0": p["params"]}}  # noqa: E731
-    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)
-    y = ours.apply(params, x)
-    assert y.shape == (2, 2 * side[0], 2 * side[1], 5)
-    np.testing.assert_allclose(y, reference.apply(as_ref(params), x), rtol=1e-5, atol=1e-5)
-    cotangent = jax.random.normal(jax.random.key(2), y.shape)
-    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
-    ref = jax.grad(lambda p, x: jnp.vdot(reference.apply(as_ref(p), x), cotangent), (0, 1))(
-        params, x
-    )
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
-    tangents = (jax.tree.map(jnp.ones_like, params), jax.random.normal(jax.random.key(3), x.shape))
-    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
-    _, ref_jvp = jax.jvp(lambda p, x: reference.apply(as_ref(p), x), (params, x), tangents)
-    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
-
-
-def test_upsample2x_conv_rejects_what_it_does_not_compute():
-    layer = nn.Conv(4, (3, 3), 2, conv_general_dilated=upsample2x_conv_general_dilated)
-    with pytest.raises(ValueError, match="3x3 NHWC SAME convolution with stride 1"):
-        layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
-
-
-def _numpy_group_norm(x, groups, scale, bias, eps=1e-6):
-    """Two-pass reference: normalise each (image, group) over its pixels and channels."""
-    x = np.asarray(x, np.float64)
-    g = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
-    mean = g.mean(axis=(1, 3), keepdims=True)
-    var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
-    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
-
-
-# Maps with pixels off zero mean and unit variance; groups of several channels,
-# and one channel per group (the classifier's instance norm).
-@pytest.mark.parametrize("shape,groups", [((3, 5, 4, 12), 4), ((2, 3, 6, 8), 8), ((2, 7, 16), 2)])
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(shape, groups, per_channel):
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = 3.0 + 2.0 * jax.random.normal(keys[0], shape) * jnp.arange(1, shape[-1] + 1) / shape[-1]
-    ours, reference = GroupNorm(groups, per_channel=per_channel), nn.GroupNorm(groups)
-    params = ours.init(keys[1], x)
-    # The same parameters (names and shapes) as flax's: checkpoints carry over.
-    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
-    assert shapes(params) == shapes(reference.init(keys[1], x))
-    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(keys[2], a.shape), params)
-    y = ours.apply(params, x)
-    p = params["params"]
-    np.testing.assert_allclose(
-        y, _numpy_group_norm(x, groups, p["scale"], p["bias"]), rtol=1e-4, atol=1e-4
-    )
-    # Both compute the variance as E[x^2] - E[x]^2 in float32 (mean 3 here): they
-    # differ from the float64 reference, and so from each other, by ~3e-5.
-    np.testing.assert_allclose(y, reference.apply(params, x), rtol=1e-4, atol=1e-4)
-    cotangent = jax.random.normal(keys[3], y.shape)
-    grads = jax.grad(lambda p, x: jnp.vdot(ours.apply(p, x), cotangent), (0, 1))(params, x)
-    ref = jax.grad(lambda p, x: jnp.vdot(reference.apply(p, x), cotangent), (0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, ref)
-    tangents = (jax.tree.map(jnp.ones_like, params), cotangent.reshape(x.shape))
-    _, jvp = jax.jvp(ours.apply, (params, x), tangents)
-    _, ref_jvp = jax.jvp(reference.apply, (params, x), tangents)
-    np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_group_norm_in_bfloat16_keeps_float32_statistics_and_parameters(per_channel):
-    x = 100.0 + jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
-    ours = GroupNorm(4, dtype=jnp.bfloat16, per_channel=per_channel)
-    reference = nn.GroupNorm(4, dtype=jnp.bfloat16)
-    params = ours.init(jax.random.key(1), x.astype(jnp.bfloat16))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-    y = ours.apply(params, x.astype(jnp.bfloat16))
-    assert y.dtype == jnp.bfloat16
-    # A mean of 100 and unit spread: bfloat16 statistics would lose the spread.
-    ref = reference.apply(params, x.astype(jnp.bfloat16)).astype(jnp.float32)
-    np.testing.assert_allclose(y.astype(jnp.float32), ref, atol=0.05)
-    assert float(jnp.std(y.astype(jnp.float32))) == pytest.approx(1.0, abs=0.05)
-
-
 def test_group_norm_refuses_channels_that_do_not_split_into_groups():
     with pytest.raises(ValueError, match="10 channels do not split into 4 groups"):
         GroupNorm(4).init(jax.random.key(0), jnp.ones((1, 2, 2, 10)))
 
 
-def flax_group_norm(num_groups, dtype=None, per_channel=False):
+def flax_group_norm(num_groups, dtype=None):
     """flax's GroupNorm, called as the networks call jaxdiff's."""
-    del per_channel  # The same function either way.
     return nn.GroupNorm(num_groups, dtype=dtype)
 
 
@@ -429,12 +185,6 @@ def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
             flax_shapes = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
         assert "GroupNorm_0" in str(jax.tree_util.tree_structure(ours))
         assert flax_shapes == ours
-
-
-def test_transposed_conv_rejects_an_unreachable_size():
-    x = jnp.ones((1, 5, 5, 2))
-    with pytest.raises(ValueError, match=re.escape("gives 11..12, not 14")):
-        ConvTranspose(3, stride=2).init(jax.random.key(0), x, (14, 14))
 
 
 def test_fourier_features_are_fixed_and_not_trained():

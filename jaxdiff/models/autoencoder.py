@@ -34,12 +34,9 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
-        # The blocks run with train=True: their dropout rate is 0, and their
-        # GroupNorms take the form training steps run fastest (the autoencoder
-        # is trained through them; see layers.GroupNorm).
         for level, width in enumerate(self.channels):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(width, dtype=self.dtype)(h, None, train=True)
+                h = ResBlock(width, dtype=self.dtype)(h, None, train=False)  # No dropout.
             if level < len(self.channels) - 1:
                 h = nn.Conv(width, (3, 3), (2, 2), dtype=self.dtype)(h)
         h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
@@ -65,10 +62,9 @@ class Decoder(nn.Module):
         heights = level_sides(self.image_shape[0], len(self.channels))
         widths = level_sides(self.image_shape[1], len(self.channels))
         h = nn.Conv(self.channels[-1], (3, 3), dtype=self.dtype)(z.astype(self.dtype))
-        # train=True: no dropout, and GroupNorm's training form (see Encoder).
         for level in reversed(range(len(self.channels))):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.channels[level], dtype=self.dtype)(h, None, train=True)
+                h = ResBlock(self.channels[level], dtype=self.dtype)(h, None, train=False)
             if level > 0:
                 h = resize_and_conv(
                     h, heights[level - 1], widths[level - 1], self.channels[level - 1], self.dtype

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import ops
 from jaxdiff.models.layers import (
     ClassContext,
     ConvTranspose,
@@ -24,7 +25,6 @@ from jaxdiff.models.layers import (
     group_count,
     resize_and_conv,
     resize_to,
-    strided_conv_general_dilated,
 )
 
 
@@ -49,14 +49,13 @@ class SeedUNet(nn.Module, ConditioningMixin):
     """The seed's MNIST score network, layer for layer.
 
     Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2; computed by
-    `layers.strided_conv`) with the time embedding
+    `jaxdiff.ops.strided_conv`) with the time embedding
     added after each conv, GroupNorm (4 groups at the first level, 32 elsewhere),
     swish. Decoder mirrors it with additive skips. `upsample` picks the decoder's
     upsampling: "transpose" is the original transposed convolution (see
-    `layers.conv_transpose` for how it is computed); "resize" is
+    `jaxdiff.ops.conv_transpose` for how it is computed); "resize" is
     nearest-neighbour resize to the skip's size + 3x3 SAME conv, four times the
-    work at the same parameter count, and 1.70-2.09x slower to train on XLA:CPU
-    (benchmarks/results/upsampling_cpu.json).
+    work at the same parameter count, and slower to train (docs/performance.md).
 
     Conditional (`num_classes > 0`): a spatial transformer follows every encoder
     level and decoder level whose side is in `attention_resolutions`.
@@ -87,7 +86,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
     def __call__(
         self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        # The seed net has no dropout; `train` picks the GroupNorm form (see GroupNorm).
+        del train  # The seed net has no dropout.
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
         context = self.context(labels, x.shape[0])
 
@@ -98,9 +97,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
 
         def add_time_and_normalize(h, groups=32):
             h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
-            norm = GroupNorm(
-                group_count(h.shape[-1], groups), dtype=self.dtype, per_channel=not train
-            )
+            norm = GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)
             return nn.swish(norm(h))
 
         # Encoder: 28 -> 26 -> 12 -> 5 -> 2 on MNIST.
@@ -115,7 +112,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
                 "VALID",
                 use_bias=False,
                 dtype=self.dtype,
-                conv_general_dilated=strided_conv_general_dilated,
+                conv_general_dilated=ops.strided_conv_general_dilated,
             )(h)
             h = attend(add_time_and_normalize(h, groups=4 if level == 0 else 32))
             encoder.append(h)
@@ -133,7 +130,7 @@ class UNet(nn.Module, ConditioningMixin):
 
     `channels[i]` is the width at level i; resolution halves between levels
     (strided 3x3 conv down; nearest resize + 3x3 conv up, computed on the small
-    map by `layers.upsample2x_conv` where the resize is exactly 2x). Each level
+    map by `jaxdiff.ops.upsample2x_conv` where the resize is exactly 2x). Each level
     has `num_res_blocks` residual blocks (one more on the way up, fed by the
     concatenated skips), and self-attention where the feature map's side is in
     `attention_resolutions`. The bottleneck is res-attn-res. Conditional
@@ -193,7 +190,6 @@ class UNet(nn.Module, ConditioningMixin):
             if level > 0:
                 h = resize_and_conv(h, *skips[-1].shape[1:3], self.channels[level], self.dtype)
 
-        norm = GroupNorm(group_count(h.shape[-1]), dtype=self.dtype, per_channel=not train)
-        h = nn.swish(norm(h))
+        h = nn.swish(GroupNorm(group_count(h.shape[-1]), dtype=self.dtype)(h))
         h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return h.astype(jnp.float32)

@@ -1,6 +1,6 @@
 """glibc's malloc as configured by default against `jaxdiff.host_memory.keep_freed_memory`.
 
-    python benchmarks/host_memory.py --models=mnist,cifar10 --sides=jaxdiff,torch_eager
+    python benchmarks/probes/host_memory.py --models=mnist,cifar10 --sides=jaxdiff,torch_eager
 
 Each model is built once per side, as benchmarks/run.py builds it (the train
 call of `--train_steps` steps, the Euler-Maruyama sampler of `--sample_steps`
@@ -29,7 +29,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository (for jaxdiff and tests) and benchmarks/ (for run.py and timing.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from jaxdiff.host_memory import keep_freed_memory
 
@@ -38,7 +39,7 @@ if not keep_freed_memory():  # Before JAX starts: see its docstring.
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from run import MODELS, JaxSide, TorchSide, benchmark_images
 from timing import write_json

@@ -1,7 +1,7 @@
 """jaxdiff's XLA compiler options against XLA's defaults: the same programs, timed in turns.
 
-    python benchmarks/xla_options.py --models=mnist,seed_cond,fashion_mnist,cifar10_cond
-    python benchmarks/xla_options.py --kernels
+    python benchmarks/probes/xla_options.py --models=mnist,seed_cond,fashion_mnist,cifar10_cond
+    python benchmarks/probes/xla_options.py --kernels
 
 For each model, jaxdiff's train call and Euler-Maruyama sampler are built
 twice, as benchmarks/run.py builds them: compiled with
@@ -23,8 +23,9 @@ import sys
 import jax
 import jax.numpy as jnp
 
+# The repository (for jaxdiff and tests) and benchmarks/ (for run.py and timing.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, JaxSide, benchmark_images
 from timing import time_in_turns, time_sides_in_turns, write_json

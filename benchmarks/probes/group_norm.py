@@ -1,12 +1,12 @@
-"""GroupNorm: flax's `nn.GroupNorm` against `jaxdiff.models.layers.GroupNorm`.
+"""GroupNorm: flax's `nn.GroupNorm` against `jaxdiff.models.layers.GroupNorm` (`jaxdiff.ops`).
 
-    python benchmarks/group_norm.py                # batch 32 on CPU, 256 elsewhere
+    python benchmarks/probes/group_norm.py                # batch 32 on CPU, 256 elsewhere
 
 The two compute the same function with the same parameters. flax reduces and
 normalises through a (batch, pixels, groups, channels per group) view;
-jaxdiff's networks do the same in training, and elsewhere (`train=False`)
-reduce per channel first and normalise with one per-channel multiply-add
-(`per_channel=True`). Times, compiled as jaxdiff compiles (`jaxdiff.compiler`)
+jaxdiff's `ops.group_norm` does the same wherever a derivative is taken
+(training), and otherwise (sampling) reduces per channel first and normalises
+with one per-channel multiply-add. Times, compiled as jaxdiff compiles (`jaxdiff.compiler`)
 and in turns, medians of `--repeats`:
 
 - each U-Net's GroupNorm + swish at its map sizes, flax's against the
@@ -21,7 +21,6 @@ Prints the tables and writes them as JSON (`--out`).
 
 import argparse
 import contextlib
-import functools
 import os
 import sys
 from unittest import mock
@@ -30,9 +29,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository (for jaxdiff) and benchmarks/ (for run.py and timing.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from run import MODELS, JaxSide, benchmark_images
 from timing import time_in_turns, time_sides_in_turns, write_json
@@ -59,7 +59,7 @@ def layer_rows(batch: int, repeats: int) -> list[dict]:
     for config, side, channels in LAYERS:
         x = 1.0 + jax.random.normal(jax.random.key(0), (batch, side, side, channels))
         programs, params = {}, None
-        layers_both_ways = (nn.GroupNorm, functools.partial(GroupNorm, per_channel=True))
+        layers_both_ways = (nn.GroupNorm, GroupNorm)
         for kind, norm in zip(KINDS, layers_both_ways, strict=True):
             layer = norm(group_count(channels))
             params = params or layer.init(jax.random.key(1), x)
@@ -73,9 +73,8 @@ def layer_rows(batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def flax_group_norm(num_groups: int, dtype=None, per_channel: bool = False) -> nn.Module:
+def flax_group_norm(num_groups: int, dtype=None) -> nn.Module:
     """flax's GroupNorm, called as the networks call jaxdiff's."""
-    del per_channel  # flax has one form.
     return nn.GroupNorm(num_groups, dtype=dtype)
 
 

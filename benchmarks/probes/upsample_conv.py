@@ -1,9 +1,9 @@
 """The residual U-Nets' upsampling layers: resize + conv against `upsample2x_conv`.
 
-    python benchmarks/upsample_conv.py                  # batch 32 on CPU, 256 elsewhere
+    python benchmarks/probes/upsample_conv.py                  # batch 32 on CPU, 256 elsewhere
 
 Each decoder level of the Fashion-MNIST and CIFAR-10 U-Nets upsamples its map
-2x (nearest) and applies a 3x3 SAME conv. `jaxdiff.models.layers.upsample2x_conv`
+2x (nearest) and applies a 3x3 SAME conv. `jaxdiff.ops.upsample2x_conv`
 computes the same function on the small map, at 4/9 of the multiply-adds. For
 each layer shape, times the forward pass (sampling) and forward + gradients of
 input and kernel (training) of the two, compiled as jaxdiff compiles (the
@@ -18,13 +18,15 @@ import sys
 import jax
 import jax.numpy as jnp
 
+# The repository (for jaxdiff) and benchmarks/ (for run.py and timing.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from timing import time_in_turns, write_json
 
 from jaxdiff.compiler import jit
-from jaxdiff.models.layers import resize_to, upsample2x_conv
+from jaxdiff.models.layers import resize_to
+from jaxdiff.ops import upsample2x_conv
 
 # (config, input side, channels in = out) of each 2x upsampling layer.
 LAYERS = (

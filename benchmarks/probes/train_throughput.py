@@ -1,7 +1,7 @@
 """Train-step throughput (images/s) of each dataset config, and of the layer/loop choices.
 
-    python benchmarks/train_throughput.py                  # all rows, ~15 min on 2 CPU cores
-    python benchmarks/train_throughput.py --rows=mnist,mnist_cond --name=cond_vs_uncond
+    python benchmarks/probes/train_throughput.py                  # all rows, ~15 min on 2 CPU cores
+    python benchmarks/probes/train_throughput.py --rows=mnist,mnist_cond --name=cond_vs_uncond
 
 All rows are compiled and warmed up first, then timed in turns (row 1, row 2,
 ..., row 1, ...) so that a noisy machine slows them alike. In each turn a row
@@ -24,7 +24,8 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository, for jaxdiff.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from jaxdiff.configs import (
     cifar10,

@@ -1,6 +1,6 @@
 """How long `jaxdiff.prepare` takes to prepare each full dataset from its original files.
 
-    python benchmarks/prepare_data.py --tfds_dir=../shared/data/tensorflow_datasets
+    python benchmarks/probes/prepare_data.py --tfds_dir=../shared/data/tensorflow_datasets
 
 The original files (MNIST's IDX files, CIFAR-10's binary archive) are written
 first from the prepared datasets in `--tfds_dir` (for MNIST and Fashion-MNIST
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from jaxdiff import prepare
 from tests.data.make_subsets import write_source_files

@@ -1,6 +1,6 @@
 """bf16 against fp32 training of one jaxdiff config: step time, and where the time goes.
 
-    python benchmarks/precision_probe.py --model=seed_uncond --batch=1024
+    python benchmarks/probes/precision_probe.py --model=seed_uncond --batch=1024
 
 Times jaxdiff's train call in both precisions (median of `--repeats` runs of
 `--steps` steps, the two precisions in turns; `--precisions` picks), then
@@ -24,8 +24,9 @@ import time
 
 import jax
 
+# The repository (for jaxdiff and tests) and benchmarks/ (for run.py and timing.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import MODELS, benchmark_images, peak_flops, train_step_flops
 

@@ -1,12 +1,12 @@
 """jaxdiff's seed-net convolutions against plain `lax` ones, layer by layer.
 
-    python benchmarks/conv_transpose.py                 # batch 64 on CPU, 1024 elsewhere
+    python benchmarks/probes/conv_transpose.py                 # batch 64 on CPU, 1024 elsewhere
 
 The seed net's four encoder convs (28->26 stride 1, then 26->12->5->2 stride
-2; 1->32->64->128->256 channels) as `jaxdiff.models.layers.strided_conv` and
+2; 1->32->64->128->256 channels) as `jaxdiff.ops.strided_conv` and
 as `lax.conv_general_dilated` (what flax's `nn.Conv` runs), and its four
 decoder transposed convs (2->5, 5->12, 12->26 stride 2, 26->28 stride 1;
-256->128->64->32->1 channels) as `jaxdiff.models.layers.conv_transpose` and
+256->128->64->32->1 channels) as `jaxdiff.ops.conv_transpose` and
 as flax's `nn.ConvTranspose` computes them (`lax.conv_transpose`, then zero
 padding to the output size). For each layer, and for all of them in one
 program, times the forward pass alone (sampling), forward + gradients of
@@ -25,9 +25,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository, for jaxdiff.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jaxdiff.models.layers import conv_transpose, strided_conv
+from jaxdiff.ops import conv_transpose, strided_conv
 
 # (input side, input channels, output channels, stride, output side) of the seed net.
 SEED_ENCODER = ((28, 1, 32, 1, 26), (26, 32, 64, 2, 12), (12, 64, 128, 2, 5), (5, 128, 256, 2, 2))
