@@ -16,6 +16,7 @@ recorded checksums.
     python -m jaxdiff.prepare mnist cifar10 --data_dir=~/tensorflow_datasets
 """
 
+import contextlib
 import functools
 import gzip
 import io
@@ -297,6 +298,8 @@ def prepare(name: str, data_dir: str, source_dir: str | None = None) -> str:
     try:
         builder.download_and_prepare()
     except DownloadError as e:
+        with contextlib.suppress(OSError):  # The empty folder TFDS made for the dataset.
+            os.rmdir(os.path.join(data_dir, name))
         raise UserError(
             f"dataset {name!r} is not in {data_dir} and could not be downloaded ({e}): "
             f"put {', '.join(source_file_names(name))} in {manual_dir} and run again, or "

@@ -219,6 +219,7 @@ def weights(tmp_path_factory):
     return state, path
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_features_match_the_numpy_reference(weights):
     state, path = weights
     rng = np.random.default_rng(1)

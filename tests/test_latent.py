@@ -60,6 +60,7 @@ def test_kl_matches_numpy():
     np.testing.assert_allclose(kl_divergence(jnp.zeros((1, 2)), jnp.zeros((1, 2))), [0.0])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_scale_factor_gives_unit_variance():
     config = apply_overrides(mnist_latent.get_config(), tiny_latent_overrides())
     experiment = create_experiment(config)
@@ -166,6 +167,7 @@ def test_sample_mode_decodes_latent_samples(latent_run):
     assert images.std() > 0
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("loss_name", ["l1", "mse"])
 def test_autoencoder_loss_terms(loss_name):
     config = apply_overrides(mnist_latent.get_config(), tiny_latent_overrides())

@@ -172,6 +172,7 @@ def flax_group_norm(num_groups, dtype=None):
     return nn.GroupNorm(num_groups, dtype=dtype)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
     """Checkpoints written with flax's GroupNorm load into every network unchanged."""
     for config_module in (mnist, cifar10, cifar10_cond):
@@ -199,6 +200,7 @@ def test_fourier_features_are_fixed_and_not_trained():
     assert float(jnp.abs(out[1] - out[2]).max()) > 0.1
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_unet_dropout_only_in_training():
     config = fashion_mnist.get_config()
     config.model.channels = (8, 16, 16)
@@ -376,6 +378,7 @@ def numpy_layer_norm(p, x):
     return (x - mean) / np.sqrt(var + 1e-6) * np.asarray(p["scale"]) + np.asarray(p["bias"])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @full_precision
 def test_spatial_transformer_matches_a_numpy_reference():
     x = np.asarray(jax.random.normal(jax.random.key(4), (2, 3, 3, 8)), np.float64)
@@ -399,6 +402,7 @@ def test_spatial_transformer_matches_a_numpy_reference():
     np.testing.assert_allclose(out, y.reshape(2, 3, 3, 8), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("config_module", [mnist_cond, fashion_mnist_cond])
 def test_conditional_net_output_depends_on_the_label(config_module):
     config = config_module.get_config()

@@ -187,6 +187,7 @@ class _ResizeThenConv(nn.Module):
 
 
 # Square and oblong maps, even and odd sides (the U-Nets' 7 -> 14 among them).
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("side", [(4, 4), (7, 3)])
 def test_upsample2x_conv_is_resize_then_conv_in_value_and_both_derivatives(side):
     x = jax.random.normal(jax.random.key(1), (2, *side, 3))
@@ -235,6 +236,7 @@ def _numpy_group_norm(x, groups, scale, bias, eps=1e-6):
 
 # Maps with pixels off zero mean and unit variance; groups of several channels,
 # and one channel per group (the classifier's instance norm).
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("shape,groups", [((3, 5, 4, 12), 4), ((2, 3, 6, 8), 8), ((2, 7, 16), 2)])
 @pytest.mark.parametrize("form", GROUP_NORM_FORMS)
 def test_group_norm_is_flax_group_norm_in_value_and_both_derivatives(
@@ -345,6 +347,7 @@ def test_group_norm_evaluates_per_channel_and_differentiates_flax_form():
     np.testing.assert_array_equal(value, grouped)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("name", ["seed_unet", "unet_cond"])
 def test_networks_sample_in_the_per_channel_form_and_train_in_flax_form(name):
     """The networks no longer choose: their sampling (train=False, no derivative)
@@ -391,6 +394,7 @@ def checkpoint():
         return dict(arrays)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 @pytest.mark.parametrize("name", [*make_checkpoint.NETWORKS, *make_checkpoint.OTHERS])
 def test_checkpoints_written_before_ops_load_and_give_the_same_outputs(name, checkpoint):
     """tests/data/checkpoint_before_ops: small versions of every network, their

@@ -137,6 +137,7 @@ def test_no_network_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
     assert str(tmp_path / "downloads" / "manual") in message
     assert all(name in message for name in prepare.MNIST_FILES.values())
     assert not prepare.is_prepared("mnist", str(tmp_path))
+    assert not (tmp_path / "mnist").exists()  # nothing half-written left behind
 
 
 def test_missing_dataset_without_download_names_the_command(tmp_path):

@@ -55,6 +55,7 @@ def test_weight_decay_touches_kernels_only():
     np.testing.assert_array_equal(updates["bias"], 0.0)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_half_precision_keeps_float32_params_and_tracks_float32_output():
     config = mnist.get_config()
     image_shape, _ = dataset_info("mnist")

@@ -228,6 +228,7 @@ def run_on_devices(count):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_eight_devices_give_the_same_step_as_one():
     # Side by side: each process compiles mostly on one core.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
