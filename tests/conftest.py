@@ -27,8 +27,11 @@ def prepare_test_datasets() -> str:
     anew; it is prepared beside its final place and renamed there, so processes
     that start together (pytest-xdist's workers) never see half of it.
     """
+    import tensorflow_datasets as tfds
+
     from jaxdiff import prepare
 
+    tfds.disable_progress_bar()  # Its bars would land in the middle of pytest's output.
     digest = hashlib.sha256()
     for path in sorted(TEST_DATA.rglob("*.gz")):
         digest.update(path.name.encode() + path.read_bytes())

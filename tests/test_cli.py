@@ -100,9 +100,11 @@ CASES = {
         ["guidance_scale", ">= 0"],
     ),
     "missing data": (
-        [],
+        # download=False: the error without touching the network (the download's
+        # own errors are tested offline in tests/test_prepare.py).
+        ["--config.data.download=False"],
         {"TFDS_DATA_DIR": "/nonexistent/tfds"},
-        ["/nonexistent/tfds", "tfds build"],
+        ["/nonexistent/tfds", "python -m jaxdiff.prepare mnist"],
     ),
 }
 
