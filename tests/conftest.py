@@ -17,7 +17,6 @@ keep_freed_memory()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Small real subsets of the three datasets, in their original distribution formats.
 TEST_DATA = ROOT / "tests" / "data"
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def prepare_test_datasets() -> str:
@@ -38,7 +37,7 @@ def prepare_test_datasets() -> str:
     target = pathlib.Path(tempfile.gettempdir()) / f"jaxdiff_test_tfds_{digest.hexdigest()[:12]}"
     if not target.is_dir():
         scratch = tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent)
-        for name in DATASETS:
+        for name in prepare.DATASET_NAMES:
             prepare.prepare(name, scratch, source_dir=str(TEST_DATA / name))
         try:
             os.rename(scratch, target)

@@ -20,9 +20,15 @@ from jaxdiff.sde import SDE
 # for an unconditional net. `fields` are the model.* fields it reads.
 NETWORKS = Registry("model.name")
 
-# What every conditional net reads (create_model checks them).
-CONDITIONING_FIELDS = ("conditional", "context_tokens", "context_dim", "ff_mult", "num_heads")
-_SEED_FIELDS = ("channels", "embed_dim", "fourier_scale", "attention_resolutions")
+# What every net reads when conditional (create_model checks them), and the seed nets' own.
+_CONDITIONING_FIELDS = ("conditional", "context_tokens", "context_dim", "ff_mult", "num_heads")
+_SEED_FIELDS = (
+    "channels",
+    "embed_dim",
+    "fourier_scale",
+    "attention_resolutions",
+    *_CONDITIONING_FIELDS,
+)
 
 
 def _seed_unet(upsample: str) -> Callable:
@@ -64,7 +70,7 @@ NETWORKS.register("seed_unet_resize", fields=_SEED_FIELDS)(_seed_unet("resize"))
 
 @NETWORKS.register(
     "unet",
-    fields=(*_SEED_FIELDS, "num_res_blocks", "num_heads", "dropout"),
+    fields=(*_SEED_FIELDS, "num_res_blocks", "dropout"),
 )
 def _unet(model_config, image_shape, num_classes, dtype):
     c = model_config
