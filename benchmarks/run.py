@@ -4,6 +4,8 @@
     python benchmarks/run.py                                   # GPU defaults: batch 1024
     python benchmarks/run.py --batch=64 --sample_batch=64 --sample_steps=20 \\
         --train_steps=8 --repeats=3                            # a few minutes on 2 CPU cores
+    python benchmarks/run.py --models=cifar10_cond --sides=jaxdiff --precision=bf16 \\
+        --batch=128,256,512 --sample_batch=512                 # an MFU sweep: a table per batch
 
 Rows (`--models` picks): the seed MNIST nets (`configs/mnist_seed.py`, uncond
 and cond) and jaxdiff's MNIST, Fashion-MNIST and CIFAR-10 configs, each on
@@ -15,8 +17,19 @@ reported), then the sides of a model are timed in turns, `--repeats` times;
 figures are medians. Train images/s use the same batch and precision on every
 side, with batches drawn on the device from a device-resident copy of the
 first 10,000 training images; sampling is `--sample_steps` Euler-Maruyama steps
-on `--sample_batch` samples (one network evaluation per step). Writes
-docs/benchmarks.json and docs/benchmarks.md (`--out` prefix).
+on `--sample_batch` samples (one network evaluation per step). `--batch` takes
+a comma-separated list: each model is then built and timed once per batch
+size, each its own rows (the twin is checked once per model).
+
+Writes docs/benchmarks.json and docs/benchmarks.md (`--out` prefix), after
+every model and batch. The JSON file keeps the rows of every machine: a run's rows
+replace those of the same (device, model, side, precision, batch) (`row_key`)
+and every other row stays (`merge_rows`), so a GPU run adds its rows beside
+the CPU ones. Each row records its run: the command, jax and torch versions and
+the date (`run_record`). The markdown is made from all the rows (`markdown`):
+a section per device, with its runs, and a table per precision and batch,
+whose "vs jaxdiff" column compares rows of that table only. `--no_merge`
+writes this run's rows alone (a scratch run to another `--out`).
 
 FLOPs per train step come from XLA's cost analysis of the *lowered* (not yet
 compiled) single-step program: the compiled one on GPU leaves out cuDNN
@@ -29,9 +42,11 @@ main.py does; every side runs in it alike.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -269,8 +284,9 @@ def check_twin(jax_side: JaxSide, device, batch: int = 4) -> float:
 
     Both get the same parameters: jaxdiff's initial ones plus N(0, 0.05^2) noise
     (the zero-initialised output layers would otherwise hide everything behind
-    them), and the same float32 inputs. The network outputs and the scores are
-    compared separately (the score's skip term -x / (sigma^2 + sigma_data^2)
+    them), and the same float32 inputs, and compute in float32 (whatever precision
+    is timed). The network outputs and the scores are compared separately
+    (the score's skip term -x / (sigma^2 + sigma_data^2)
     can outweigh the network's part); the largest difference of each, relative
     to its largest value, must be under 1e-4 on a CPU and 1e-2 on a GPU (whose
     TF32 convolutions round to about 1e-3). The timed sides keep their own
@@ -295,11 +311,12 @@ def check_twin(jax_side: JaxSide, device, batch: int = 4) -> float:
     labels = None
     if experiment.num_classes:
         labels = np.arange(batch, dtype=np.int32) % (experiment.num_classes + 1)  # with null
-    score_fn = make_score_fn(
-        experiment.model, params, experiment.sde, experiment.config.model, labels=labels
-    )
+    # In float32 whatever precision is timed: the twin computes in float32, and a bf16
+    # network differs from it by bf16's rounding (about 2% on the CIFAR-10 U-Net).
+    model = experiment.model.clone(dtype=jnp.float32)
+    score_fn = make_score_fn(model, params, experiment.sde, experiment.config.model, labels=labels)
     expected = {
-        "network": experiment.model.apply({"params": params}, x, t, labels),
+        "network": model.apply({"params": params}, x, t, labels),
         "score": jax.jit(score_fn)(x, t),
     }
 
@@ -409,7 +426,12 @@ def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     parser.add_argument("--models", default="seed_uncond,seed_cond,cifar10_cond")
     parser.add_argument("--sides", default="jaxdiff,torch_eager,torch_compile")
-    parser.add_argument("--batch", type=int, default=64 if on_cpu else 1024)
+    parser.add_argument(
+        "--batch",
+        type=batch_list,
+        default="64" if on_cpu else "1024",
+        help="train batch size, or a comma-separated list to time each (e.g. 128,256,512)",
+    )
     parser.add_argument("--sample_batch", type=int, default=64 if on_cpu else 1024)
     parser.add_argument("--sample_steps", type=int, default=20 if on_cpu else 500)
     parser.add_argument("--train_steps", type=int, default=8 if on_cpu else 40)
@@ -417,6 +439,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3 if on_cpu else 5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument(
+        "--no_merge",
+        action="store_true",
+        help="write only this run's rows to <out>.json, not merged into the rows there",
+    )
     parser.add_argument(
         "--data_npz_dir", default="", help="read <dir>/<dataset>.npz instead of TFDS"
     )
@@ -447,136 +474,308 @@ def main() -> None:
     device_name = jax.devices()[0].device_kind
     if on_cpu:
         device_name = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
-    peak = peak_flops(args.precision)
+    json_path = args.out + ".json"
+    if not args.no_merge:
+        load_rows(json_path)  # A file that cannot be merged into fails now, not after the run.
+    record = run_record()
     for model_name in models:
-        built = []
         dataset = MODELS[model_name]().data.dataset
         if dataset not in datasets:
             datasets[dataset] = benchmark_images(dataset, args.data_npz_dir)
-        side_images, side_labels = datasets[dataset]
-        for side in sides:
-            print(f"building {model_name} / {side} ...", flush=True)
-            try:
-                if side == "jaxdiff":
-                    built.append(JaxSide(MODELS[model_name](), args, side_images, side_labels))
-                else:
-                    compiled = side == "torch_compile"
-                    built.append(
-                        TorchSide(MODELS[model_name](), compiled, args, side_images, side_labels)
-                    )
-            except Exception as e:  # One side failing (e.g. a compiler bug) keeps the others.
-                message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                print(f"{model_name} / {side} failed: {type(e).__name__}: {message}", flush=True)
-                failures.append(f"{model_name} / {side}: {type(e).__name__}: {message}")
-        jax_side = next((b for b in built if b.name == "jaxdiff"), None)
-        if jax_side is not None:
-            for other in built:
-                if other.params != jax_side.params:
-                    sys.exit(
-                        f"error: {model_name}: {other.name} has {other.params:,} parameters, "
-                        f"jaxdiff {jax_side.params:,}: not the same network"
-                    )
-            torch_sides = [b for b in built if isinstance(b, TorchSide)]
-            if torch_sides:
-                error = check_twin(jax_side, torch_sides[0].device)
-                print(f"{model_name}: the PyTorch twin's score is jaxdiff's to {error:.1e}")
-        train_times = {b.name: [] for b in built}
-        sample_times = {b.name: [] for b in built}
-        for _ in range(args.repeats):  # In turns, so a noisy machine slows every side alike.
-            for b in built:
-                timed(b.train, train_times[b.name])
-                timed(b.sample, sample_times[b.name])
-        flops = jax_side.flops_per_step if jax_side else None
-        for b in built:
-            train_s = statistics.median(train_times[b.name])
-            sample_s = statistics.median(sample_times[b.name])
-            steps_per_s = args.train_steps / train_s
-            rows.append(
-                {
-                    "model": model_name,
-                    "side": b.name,
-                    "device": device_name,
-                    "batch": args.batch,
-                    "precision": args.precision,
-                    "params": b.params,
-                    "train_images_per_sec": round(args.batch * steps_per_s, 1),
-                    "sample_per_sec": round(args.sample_batch / sample_s, 2),
-                    "sample_steps": args.sample_steps,
-                    "sample_batch": args.sample_batch,
-                    "ms_per_eval": round(1000 * sample_s / args.sample_steps, 2),
-                    "peak_mem_mb": None if b.peak_mem_mb is None else round(b.peak_mem_mb, 1),
-                    "warmup_s": round(b.warmup_s, 1),
-                    "gflops_per_step": None if flops is None else round(flops / 1e9, 2),
-                    "mfu": None if (peak is None or flops is None) else flops * steps_per_s / peak,
-                }
+        twin_checked = False
+        for batch in args.batch:
+            batch_args = argparse.Namespace(**{**vars(args), "batch": batch})
+            new_rows, new_failures, checked = time_model(
+                model_name, sides, batch_args, *datasets[dataset], device_name, twin_checked
             )
-            print(_line(rows[-1]), flush=True)
-        # After every model, so a run cut short keeps the rows it finished.
-        _write(rows, failures, args, device_name)
-    print(f"wrote {args.out}.json and {args.out}.md")
+            twin_checked = twin_checked or checked
+            rows += [{**row, **record} for row in new_rows]
+            failures += new_failures
+            # After every batch, so a run cut short keeps the rows it finished.
+            write_tables(args.out, rows, {device_name: failures}, merge=not args.no_merge)
+    print(f"wrote {json_path} and {args.out}.md")
 
 
-def _write(rows, failures, args, device_name) -> None:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(_markdown(rows, args, device_name))
-        if failures:
-            f.write("Sides that failed to build:\n\n" + "".join(f"- {x}\n" for x in failures))
+def time_model(model_name, sides, args, images, labels, device_name, twin_checked):
+    """Builds and times a model's sides at `args.batch`: (rows, failures, twin checked).
+
+    A function of its own, so that one batch's sides are freed before the next is built.
+    """
+    built, failures = [], []
+    for side in sides:
+        print(f"building {model_name} / {side} at batch {args.batch} ...", flush=True)
+        try:
+            if side == "jaxdiff":
+                built.append(JaxSide(MODELS[model_name](), args, images, labels))
+            else:
+                compiled = side == "torch_compile"
+                built.append(TorchSide(MODELS[model_name](), compiled, args, images, labels))
+        except Exception as e:  # One side failing (e.g. a compiler bug) keeps the others.
+            message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            print(f"{model_name} / {side} failed: {type(e).__name__}: {message}", flush=True)
+            failures.append(
+                f"{model_name} / {side}, batch {args.batch}, {args.precision}: "
+                f"{type(e).__name__}: {message}"
+            )
+    jax_side = next((b for b in built if b.name == "jaxdiff"), None)
+    checked = False
+    if jax_side is not None:
+        for other in built:
+            if other.params != jax_side.params:
+                sys.exit(
+                    f"error: {model_name}: {other.name} has {other.params:,} parameters, "
+                    f"jaxdiff {jax_side.params:,}: not the same network"
+                )
+        torch_sides = [b for b in built if isinstance(b, TorchSide)]
+        if torch_sides and not twin_checked:
+            error = check_twin(jax_side, torch_sides[0].device)
+            print(f"{model_name}: the PyTorch twin's score is jaxdiff's to {error:.1e}")
+            checked = True
+    train_times = {b.name: [] for b in built}
+    sample_times = {b.name: [] for b in built}
+    for _ in range(args.repeats):  # In turns, so a noisy machine slows every side alike.
+        for b in built:
+            timed(b.train, train_times[b.name])
+            timed(b.sample, sample_times[b.name])
+    flops = jax_side.flops_per_step if jax_side else None
+    peak = peak_flops(args.precision)
+    rows = []
+    for b in built:
+        train_s = statistics.median(train_times[b.name])
+        sample_s = statistics.median(sample_times[b.name])
+        steps_per_s = args.train_steps / train_s
+        rows.append(
+            {
+                "model": model_name,
+                "side": b.name,
+                "device": device_name,
+                "batch": args.batch,
+                "precision": args.precision,
+                "params": b.params,
+                "train_images_per_sec": round(args.batch * steps_per_s, 1),
+                "sample_per_sec": round(args.sample_batch / sample_s, 2),
+                "sample_steps": args.sample_steps,
+                "sample_batch": args.sample_batch,
+                "ms_per_eval": round(1000 * sample_s / args.sample_steps, 2),
+                "peak_mem_mb": None if b.peak_mem_mb is None else round(b.peak_mem_mb, 1),
+                "warmup_s": round(b.warmup_s, 1),
+                "gflops_per_step": None if flops is None else round(flops / 1e9, 2),
+                "mfu": None if (peak is None or flops is None) else flops * steps_per_s / peak,
+            }
+        )
+        print(_line(rows[-1]), flush=True)
+    return rows, failures, checked
 
 
 def _line(row) -> str:
     return (
-        f"{row['model']:13s} {row['side']:14s} train {row['train_images_per_sec']:9.1f} img/s  "
+        f"{row['model']:13s} {row['side']:14s} batch {row['batch']:5d} "
+        f"train {row['train_images_per_sec']:9.1f} img/s  "
         f"sample {row['sample_per_sec']:8.2f}/s  {row['ms_per_eval']:8.2f} ms/eval  "
         f"warm-up {row['warmup_s']:6.1f} s  mem {row['peak_mem_mb']} MB  mfu {row['mfu']}"
     )
 
 
-def _markdown(rows, args, device_name) -> str:
-    """The table of docs/benchmarks.md, with the machine and the command."""
+def batch_list(text: str) -> list[int]:
+    """`--batch`'s value: one batch size or a comma-separated list of them."""
     try:
-        import torch
+        batches = [int(b) for b in text.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"not a batch size or comma-separated list: {text!r}")
+    return list(dict.fromkeys(batches))  # A batch given twice is timed once.
 
-        torch_version = torch.__version__
-    except ImportError:
+
+# The run each row records (`run_record`); rows written before these existed lack them.
+RECORD_KEYS = ("command", "jax", "torch", "date")
+
+
+def run_record() -> dict[str, str]:
+    """How this run's rows are made: its command line, jax and torch versions, UTC date."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         torch_version = "not installed"
+    return {
+        "command": shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+        "jax": jax.__version__,
+        "torch": torch_version,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
+def row_key(row: dict) -> tuple:
+    """What a newer row replaces an older one by: (device, model, side, precision, batch)."""
+    return tuple(row.get(k) for k in ("device", "model", "side", "precision", "batch"))
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` with each row of `new` in place of the one of its `row_key`, or appended.
+
+    Other rows of `old` (other devices, batches, precisions, models) are kept,
+    in their order; rows of new keys follow, in `new`'s order.
+    """
+    merged = list(old)
+    where = {}
+    for i, row in enumerate(merged):
+        where.setdefault(row_key(row), i)
+    for row in new:
+        key = row_key(row)
+        if key in where:
+            merged[where[key]] = row
+        else:
+            where[key] = len(merged)
+            merged.append(row)
+    return merged
+
+
+def load_rows(path: str) -> list[dict]:
+    """The rows of a benchmarks JSON file; none if there is no file.
+
+    Raises:
+      SystemExit: for a file that is not a JSON list of rows (rather than overwrite it).
+    """
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except ValueError as e:
+        sys.exit(f"error: {path} is not JSON ({e}); fix it, or write elsewhere with --out")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        sys.exit(f"error: {path} is not a list of rows; fix it, or write elsewhere with --out")
+    return rows
+
+
+def write_tables(
+    out: str, rows: list[dict], failures_by_device: dict[str, list[str]], merge: bool = True
+) -> list[dict]:
+    """Writes `<out>.json` (`rows` merged into its rows, or alone) and `<out>.md` from it.
+
+    Returns the rows written. Each file is written beside its place and renamed
+    there, so a run cut short mid-write leaves the previous file whole.
+    """
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if merge:
+        rows = merge_rows(load_rows(out + ".json"), rows)
+    for path, text in (
+        (out + ".json", json.dumps(rows, indent=1) + "\n"),
+        (out + ".md", markdown(rows, failures_by_device)),
+    ):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    return rows
+
+
+def _value(row: dict, key: str, spec: str = "") -> str:
+    """`row[key]` formatted by `spec`; n/a if missing or None."""
+    value = row.get(key)
+    return "n/a" if value is None else format(value, spec)
+
+
+def _groups(rows: list[dict], key) -> dict:
+    """`rows` grouped by `key(row)`, groups in order of first appearance."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
+def _ratio(ref: dict | None, row: dict) -> str:
+    """The "vs jaxdiff" cell: jaxdiff's train and sample speeds over `row`'s."""
+    if ref is None or row.get("side") == "jaxdiff":
+        return ""
+
+    def over(key):
+        a, b = ref.get(key), row.get(key)
+        return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+    return f"jaxdiff {over('train_images_per_sec')}, {over('sample_per_sec')}"
+
+
+def _run_line(record: tuple) -> str:
+    command, jax_version, torch_version, date = ("n/a" if v is None else v for v in record)
+    command = command if command == "n/a" else f"`{command}`"
+    date = "date n/a" if date == "n/a" else date
+    return f"{command}; jax {jax_version}, torch {torch_version}; {date}."
+
+
+def markdown(rows: list[dict], failures_by_device: dict[str, list[str]] | None = None) -> str:
+    """docs/benchmarks.md from all the rows: a section per device, a table per precision and batch.
+
+    A device's section names the runs its rows come from (`RECORD_KEYS`; n/a
+    for rows written before they were recorded) and lists `failures_by_device`'s
+    failures for it. The "vs jaxdiff" column compares a row with the jaxdiff row
+    of its model in its own table only: same device, precision and batch.
+    """
+    failures_by_device = failures_by_device or {}
     lines = [
         "# Benchmarks: jaxdiff vs the PyTorch original",
         "",
-        f"Machine: {device_name}; jax {jax.__version__} ({jax.default_backend()}), "
-        f"torch {torch_version}.",
+        "Written by `benchmarks/run.py` (see there for what each column measures), which "
+        "merges each run's rows into benchmarks.json by device, model, side, precision and "
+        'batch. A section per machine, a table per batch and precision; "vs jaxdiff" '
+        "compares rows of one table only. Train: median of the command's `--repeats` runs of "
+        "`--train_steps` steps; sampling likewise. Sides timed in turns.",
         "",
-        "Command: `python benchmarks/run.py " + " ".join(sys.argv[1:]) + "`",
-        "",
-        f"Batch {args.batch}, {args.precision}; train: median of {args.repeats} runs of "
-        f"{args.train_steps} steps; sampling: {args.sample_steps} Euler-Maruyama steps on "
-        f"{args.sample_batch} samples. Sides timed in turns. See benchmarks/run.py for what "
-        "each column measures.",
-        "",
-        "| model | side | params | train img/s | samples/s | ms/eval | peak MB | warm-up s "
-        "| GFLOP/step | MFU | vs jaxdiff (train, sample) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {r["model"]: r for r in rows if r["side"] == "jaxdiff"}
-    for r in rows:
-        ref = base.get(r["model"])
-        ratio = ""
-        if ref is not None and r["side"] != "jaxdiff":
-            ratio = (
-                f"jaxdiff {ref['train_images_per_sec'] / r['train_images_per_sec']:.2f}x, "
-                f"{ref['sample_per_sec'] / r['sample_per_sec']:.2f}x"
+    by_device = _groups(rows, lambda r: r.get("device"))
+    for device in failures_by_device:
+        if failures_by_device[device]:
+            by_device.setdefault(device, [])
+    for device, device_rows in by_device.items():
+        lines += [f"## {'n/a' if device is None else device}", ""]
+        runs = list(dict.fromkeys(tuple(r.get(k) for k in RECORD_KEYS) for r in device_rows))
+        if len(runs) == 1:
+            lines += [f"Command: {_run_line(runs[0])}", ""]
+        elif runs:
+            lines += ["Runs:", ""]
+            lines += [f"{i}. {_run_line(run)}" for i, run in enumerate(runs, 1)]
+            lines.append("")
+        groups = _groups(device_rows, lambda r: (r.get("precision"), r.get("batch")))
+        for (precision, batch), group in groups.items():
+            sampling = dict.fromkeys(
+                f"{_value(r, 'sample_steps')} Euler-Maruyama steps on "
+                f"{_value(r, 'sample_batch')} samples"
+                for r in group
             )
-        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}"
-        lines.append(
-            f"| {r['model']} | {r['side']} | {r['params']:,} | {r['train_images_per_sec']:,.1f} "
-            f"| {r['sample_per_sec']:,.2f} | {r['ms_per_eval']:.2f} | {mem} | {r['warmup_s']:.1f} "
-            f"| {r['gflops_per_step']} | {mfu} | {ratio} |"
-        )
+            note = f"Sampling: {'; '.join(sampling)}."
+            if len(runs) > 1:
+                used = dict.fromkeys(
+                    str(runs.index(tuple(r.get(k) for k in RECORD_KEYS)) + 1) for r in group
+                )
+                note += f" Rows from run{'s' if len(used) > 1 else ''} {', '.join(used)}."
+            lines += [
+                f"### Batch {'n/a' if batch is None else batch}, "
+                f"{'n/a' if precision is None else precision}",
+                "",
+                note,
+                "",
+                "| model | side | params | train img/s | samples/s | ms/eval | peak MB | warm-up s "
+                "| GFLOP/step | MFU | vs jaxdiff (train, sample) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            base = {}
+            for r in group:
+                if r.get("side") == "jaxdiff":
+                    base.setdefault(r.get("model"), r)
+            for r in group:
+                mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+                lines.append(
+                    f"| {_value(r, 'model')} | {_value(r, 'side')} | {_value(r, 'params', ',')} "
+                    f"| {_value(r, 'train_images_per_sec', ',.1f')} "
+                    f"| {_value(r, 'sample_per_sec', ',.2f')} | {_value(r, 'ms_per_eval', '.2f')} "
+                    f"| {_value(r, 'peak_mem_mb', ',.0f')} | {_value(r, 'warmup_s', '.1f')} "
+                    f"| {_value(r, 'gflops_per_step')} | {mfu} "
+                    f"| {_ratio(base.get(r.get('model')), r)} |"
+                )
+            lines.append("")
+        failures = failures_by_device.get(device)
+        if failures:
+            lines += ["Sides that failed to build:", "", *(f"- {x}" for x in failures), ""]
     lines += [
-        "",
         "Peak MB: jaxdiff, the compiled train call's arguments + outputs + temporaries "
         "(XLA's memory analysis); PyTorch, `torch.cuda.max_memory_allocated` (GPU only).",
         "",
