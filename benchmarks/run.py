@@ -31,11 +31,11 @@ a section per device, with its runs, and a table per precision and batch,
 whose "vs jaxdiff" column compares rows of that table only. `--no_merge`
 writes this run's rows alone (a scratch run to another `--out`).
 
-FLOPs per train step come from XLA's cost analysis of the *lowered* (not yet
-compiled) single-step program: the compiled one on GPU leaves out cuDNN
-convolutions, and a `lax.scan` of steps is counted once. The same count is
-used for the PyTorch rows (same network, same step). MFU = FLOPs per step x
-steps/s / the device's peak (`PEAK_FLOPS`; none known for CPUs).
+FLOPs per train step are those of the single-step program's convolutions and
+matrix products, counted in its jaxpr (`jaxpr_flops`; the same on every
+backend). The same count is used for the PyTorch rows (same network, same
+step). MFU = FLOPs per step x steps/s / the device's peak (`PEAK_FLOPS`; none
+known for CPUs).
 
 The process keeps freed host memory for reuse (`jaxdiff.host_memory`), as
 main.py does; every side runs in it alike.
@@ -200,23 +200,92 @@ def train_step_flops(experiment, tx, state, key, dataset) -> float | None:
 
 
 def _flops(jitted, *args) -> float | None:
-    """FLOPs of one call, from XLA's cost analysis of the program lowered for the CPU.
+    """FLOPs of one call: its convolutions and matrix products, counted in its jaxpr.
 
-    Lowered for the CPU because a GPU lowering reports no cost analysis
-    (jax 0.11) and a compiled GPU program's leaves out cuDNN convolutions.
-    The count is of the program as written (before fusion), the same on every backend.
+    Counted from the program as written, so the same on every backend and jax
+    version (XLA's cost analysis of a CPU lowering, used before, is empty in
+    jax 0.11, and a compiled GPU program's leaves out cuDNN's convolutions).
+    Elementwise work is left out, as MFU conventionally counts it.
     """
     try:
-        cost = jitted.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis()
-    except Exception as e:  # Cost analysis is best effort: report n/a, keep timing.
+        return float(jaxpr_flops(jitted.trace(*args).jaxpr.jaxpr))
+    except Exception as e:  # Counting is best effort: report n/a, keep timing.
         print(f"no FLOP count: {type(e).__name__}: {e}", flush=True)
         return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        print("no FLOP count: the CPU lowering reported no cost analysis", flush=True)
-        return None
-    return float(cost["flops"])
+
+
+def jaxpr_flops(jaxpr, platform: str | None = None) -> int:
+    """2 x multiply-adds of every dot_general and conv_general_dilated in `jaxpr`.
+
+    Sub-programs are counted where they run: a scan's body `length` times, the
+    branch of a `lax.platform_dependent` that `platform` (default: this
+    backend's, e.g. "cuda") runs, another cond's costliest branch, while loops
+    once (their trip count is not static).
+    """
+    if platform is None:
+        platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs_shape = eqn.invars[0].aval.shape
+            contracted = int(np.prod([lhs_shape[d] for d in lhs_contract]))
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        subs = [v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr")]
+        subs += [
+            b
+            for v in eqn.params.values()
+            if isinstance(v, tuple)
+            for b in v
+            if hasattr(b, "eqns") or hasattr(b, "jaxpr")
+        ]
+        counts = [jaxpr_flops(getattr(sub, "jaxpr", sub), platform) for sub in subs]
+        if not counts:
+            continue
+        if name == "scan":
+            total += eqn.params["length"] * sum(counts)
+        elif name == "cond" and eqn.params.get("branches_platforms"):
+            # lax.platform_dependent: the branch this platform runs (None: the default).
+            chosen = [
+                i for i, p in enumerate(eqn.params["branches_platforms"]) if p and platform in p
+            ]
+            chosen = chosen or [eqn.params["branches_platforms"].index(None)]
+            total += counts[chosen[0]]
+        elif name == "cond":
+            total += max(counts)
+        else:
+            total += sum(counts)
+    return total
+
+
+def _conv_flops(eqn) -> int:
+    """2 x the multiply-adds of a convolution that meet an input element.
+
+    Products with the zeros of padding and of input dilation (the stride of a
+    transposed convolution, or of a strided one's input gradient) are not
+    work: per spatial dimension, the (output position, kernel tap) pairs that
+    land on an input element are counted.
+    """
+    p = eqn.params
+    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    lhs, rhs, out = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+    pairs = 1
+    for i, (lhs_dim, rhs_dim, out_dim) in enumerate(
+        zip(lhs_spec[2:], rhs_spec[2:], out_spec[2:], strict=True)
+    ):
+        size, taps, outputs = lhs[lhs_dim], rhs[rhs_dim], out[out_dim]
+        stride, (pad_lo, _) = p["window_strides"][i], p["padding"][i]
+        lhs_dilation, rhs_dilation = p["lhs_dilation"][i], p["rhs_dilation"][i]
+        positions = (
+            np.arange(outputs)[:, None] * stride + np.arange(taps)[None, :] * rhs_dilation - pad_lo
+        )
+        on_input = (positions >= 0) & (positions <= (size - 1) * lhs_dilation)
+        pairs *= int(np.sum(on_input & (positions % lhs_dilation == 0)))
+    batch, features = out[out_spec[0]], out[out_spec[1]]
+    return 2 * batch * features * rhs[rhs_spec[1]] * pairs
 
 
 def _compiled_memory_mb(compiled) -> float | None:

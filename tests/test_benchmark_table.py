@@ -262,3 +262,57 @@ def test_help_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "--no_merge" in result.stdout and "comma-separated" in result.stdout
+
+
+def _flops(fn, *args):
+    import jax
+
+    return run.jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_flop_count_of_a_matrix_product_and_a_scan_of_them():
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((4, 5)), jnp.ones((5, 6))
+    assert _flops(jnp.matmul, a, b) == 2 * 4 * 5 * 6
+    steps = lambda a, b: jax.lax.scan(lambda c, _: (c, c @ b), a, length=3)[1]  # noqa: E731
+    assert _flops(steps, a, b) == 3 * 2 * 4 * 5 * 6
+
+
+def test_flop_count_of_convolutions_leaves_out_padding_and_dilation_zeros():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, k, **kw):
+        return jax.lax.conv_general_dilated(x, k, dimension_numbers=dims, **kw)
+
+    # SAME 3x3 on 8 positions: 8 x 3 tap pairs, less the 2 that fall on padding.
+    same = _flops(lambda x, k: conv(x, k, window_strides=(1, 1), padding="SAME"), x, k)
+    assert same == 2 * 2 * 4 * 3 * 22 * 22
+    # A stride-2 transposed conv does one multiply-add per input element, tap and
+    # channel pair: 2 * N * H * W * C_in * kh * kw * C_out, less taps past the edge.
+    up = lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=dims)  # noqa: E731
+    out = jax.eval_shape(up, x, k).shape
+    assert out == (2, 16, 16, 4)
+
+    # The same count from a brute-force tally of which products meet an input element.
+    def useful_pairs(size, taps, outputs, pad_lo, dilation):
+        return sum(
+            1
+            for o in range(outputs)
+            for t in range(taps)
+            if 0 <= o + t - pad_lo <= (size - 1) * dilation and (o + t - pad_lo) % dilation == 0
+        )
+
+    lowered = jax.make_jaxpr(up)(x, k).jaxpr
+    (eqn,) = [e for e in lowered.eqns if e.primitive.name == "conv_general_dilated"]
+    pad_lo = eqn.params["padding"][0][0]
+    per_dim = useful_pairs(8, 3, 16, pad_lo, 2)
+    assert per_dim < 16 * 3  # the zeros of the dilated input are left out
+    assert _flops(up, x, k) == 2 * 2 * 4 * 3 * per_dim**2
+    assert np.isclose(per_dim, 8 * 3, atol=2)  # about one product per input element and tap

@@ -1,8 +1,10 @@
 """Config validation and automatic values."""
 
+import jax
 import pytest
 from jaxdiff.configs import mnist
 
+from jaxdiff import experiment as experiment_module
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import create_experiment
 
@@ -17,7 +19,9 @@ def experiment_with(**training):
     "intervals, expected",
     [((2000, 100, 500), 4), ((6, 2, 2), 2), ((9, 3, 3), 3), ((10, 5, 5), 1)],
 )
-def test_automatic_steps_per_call_divides_every_interval_on_cpu(intervals, expected):
+def test_automatic_steps_per_call_divides_every_interval(intervals, expected, monkeypatch):
+    # The CPU's preferred 4 steps per call, on whatever backend runs the tests.
+    monkeypatch.setattr(experiment_module, "_AUTO_STEPS_PER_CALL", {jax.default_backend(): 4})
     num_steps, log_every, checkpoint_every = intervals
     experiment = experiment_with(
         steps_per_call=0,
@@ -28,7 +32,8 @@ def test_automatic_steps_per_call_divides_every_interval_on_cpu(intervals, expec
     assert experiment.config.training.steps_per_call == expected
 
 
-def test_explicit_steps_per_call_is_kept_and_the_callers_config_untouched():
+def test_explicit_steps_per_call_is_kept_and_the_callers_config_untouched(monkeypatch):
+    monkeypatch.setattr(experiment_module, "_AUTO_STEPS_PER_CALL", {jax.default_backend(): 4})
     config = mnist.get_config()
     experiment = create_experiment(config)
     assert config.training.steps_per_call == 0  # resolved in a copy only

@@ -76,9 +76,6 @@ class Session:
         self.deadline = time.monotonic() + budget_s
         self.summary: list[str] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (REPO, self.env.get("PYTHONPATH", "")) if p
-        )
         os.makedirs(out, exist_ok=True)
         self.log = open(os.path.join(out, "session.log"), "a", buffering=1)  # noqa: SIM115
 
@@ -153,7 +150,7 @@ def setup(s: Session, args) -> None:
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
         cmd += ["--no-compile", "--target", site, *wheels]
         code, _ = s.run(cmd, 60)
-        s.env["PYTHONPATH"] = os.pathsep.join((REPO, site, s.env.get("PYTHONPATH", "")))
+        s.env["PYTHONPATH"] = os.pathsep.join((site, s.env.get("PYTHONPATH", "")))
         s.note(f"- wheels: {len(wheels)} installed (exit {code})")
     # jaxdiff itself: its configs are a mapped package (jaxdiff.configs), so an
     # install, not PYTHONPATH; offline, its dependencies being there already.
