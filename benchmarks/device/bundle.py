@@ -8,7 +8,7 @@ copied from `--wheels`. The dataset (`--datasets`, from the TFDS data directory)
 is rewritten with its records compressed in groups (`--group_size` records per
 zstd block, level `--zstd`): TFDS writes each record compressed alone, and
 CIFAR-10's records share most of their bytes (the feature framing and the
-image headers), so grouping shrinks its folder about 2.5x. `tfds.data_source`
+image headers), so grouping shrinks its folder to less than half. `tfds.data_source`
 reads either layout; the rewrite is checked record for record.
 
 Everything that travels to the machine (the tracked tree and the bundle) must

@@ -17,19 +17,20 @@ step that fails or runs out of time does not stop the next):
    installed (editable, offline), the bundle's TFDS folder as TFDS_DATA_DIR;
    the device and versions.
 2. `benchmark`: `benchmarks/run.py` for cifar10_cond in bf16: jaxdiff and its
-   PyTorch twin (eager and compiled) at batch 256, then jaxdiff at 512 and 128
-   (the MFU sweep).
-3. `train`: `configs/cifar10_cond.py` in bf16 at the batch the sweep found
-   fastest per image, its step count set from the swept speed to fill the
-   step's time (so the learning-rate schedule completes); SIGTERM at the limit
-   saves a checkpoint (jaxdiff's preemption handling). The GPU test suite
-   (`pytest -m "not slow"`) runs beside it; the class grid of its last checkpoint
-   is kept. The CIFAR-10 feature classifier trains after it.
+   PyTorch twin (eager) at batch 256.
+3. `train`: `configs/cifar10_cond.py` in bf16 at the fastest batch in the table
+   (256 before any sweep), its step count set from the measured speed to fill
+   the step's time (so the learning-rate schedule completes); SIGTERM at the
+   limit saves a checkpoint (jaxdiff's preemption handling). The class grid of
+   its last checkpoint is kept. The CIFAR-10 feature classifier trains after it.
 4. `eval`: `--mode=eval` with 10,000 samples (`--sampler`, `--sample_steps`).
+5. `more_benchmarks`, if time is left: `torch.compile` at 256, then jaxdiff at
+   512 and 128 (the MFU sweep), into the same table.
 
-Beside steps 3-4 (CPU-bound work, which costs the GPU run little; their
-timings share the machine): the GPU test suite, and `benchmarks/compile_time.py`
-(persistent cache cold and warm, GPU autotuning off).
+Beside steps 3-4: the GPU test suite (4 workers), and `benchmarks/compile_time.py`
+(persistent cache cold and warm, GPU autotuning off). Both compete with the
+training for the CPU (its data loading and compilation), and their timings
+share the machine: read them as such.
 
 Everything lands in `--out` as it happens (at most 8 files, as the device tool
 returns them): summary.md (also printed at the end), session.log (every
@@ -39,6 +40,7 @@ metrics.jsonl, tests.log.
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -59,12 +61,15 @@ class Step:
     tiny_limit_s: float
 
 
+# Limits sized from the first H200 session: a cold compile of cifar10_cond's
+# train step took 82-90 s there, and every jaxdiff build pays one.
 STEPS = [
     Step("setup", 40, 60),
-    Step("benchmark", 220, 300),
-    Step("train", 175, 240),
-    Step("classifier", 45, 120),
-    Step("eval", 90, 240),
+    Step("benchmark", 150, 300),
+    Step("train", 250, 240),
+    Step("classifier", 60, 120),
+    Step("eval", 70, 240),
+    Step("more_benchmarks", 150, 300),
 ]
 
 
@@ -185,22 +190,26 @@ def setup(s: Session, args) -> None:
         s.note("- torch: not installed")
 
 
-def benchmark(s: Session, args, limit_s: float) -> None:
+def benchmark(s: Session, args, limit_s: float, more: bool = False) -> None:
+    """jaxdiff and PyTorch eager at batch 256; with `more`, torch.compile and the MFU sweep."""
     out = os.path.join(s.out, "benchmarks")
     common = [sys.executable, "benchmarks/run.py", "--models=cifar10_cond", "--precision=bf16"]
     common += [f"--out={out}", "--repeats=3" if not s.tiny else "--repeats=1"]
     if s.tiny:
         common += ["--sample_batch=8", "--sample_steps=2", "--train_steps=2"]
-        twins, sweep = ["--sides=jaxdiff,torch_eager", "--batch=8"], ["--batch=16"]
+        first, compiled, sweep = "--batch=8", "--batch=8", "--batch=16"
     else:
         common += ["--sample_batch=512", "--sample_steps=20", "--train_steps=20"]
-        twins, sweep = ["--batch=256"], ["--batch=512,128"]
-    # jaxdiff and its PyTorch twin (eager, compiled) at 256, then the rest of the MFU sweep,
-    # merged into the same table (rows are written after each model and batch).
-    code, took = s.run([*common, "--no_merge", *twins], 0.7 * limit_s)
-    s.note(f"- benchmark at {twins[-1]}: exit {code} in {took:.0f} s")
-    code, took = s.run([*common, "--sides=jaxdiff", *sweep], limit_s - took)
-    s.note(f"- benchmark at {sweep[-1]}: exit {code} in {took:.0f} s")
+        first, compiled, sweep = "--batch=256", "--batch=256", "--batch=512,128"
+    if not more:
+        code, took = s.run([*common, "--no_merge", "--sides=jaxdiff,torch_eager", first], limit_s)
+        s.note(f"- benchmark, jaxdiff and PyTorch eager at {first}: exit {code} in {took:.0f} s")
+    else:
+        # Merged into the same table (run.py writes after each model and batch).
+        code, took = s.run([*common, "--sides=torch_compile", compiled], 0.4 * limit_s)
+        s.note(f"- benchmark, torch.compile at {compiled}: exit {code} in {took:.0f} s")
+        code, took = s.run([*common, "--sides=jaxdiff", sweep], limit_s - took)
+        s.note(f"- benchmark, jaxdiff at {sweep}: exit {code} in {took:.0f} s")
     if os.path.exists(out + ".md"):  # Made again from the .json; the tool returns 8 files.
         os.remove(out + ".md")
     for row in _rows(out + ".json"):
@@ -232,8 +241,8 @@ def fastest_batch(s: Session) -> tuple[int, float]:
 def train(s: Session, args, limit_s: float) -> None:
     batch, speed = fastest_batch(s)
     # Steps that fill the limit after loading the data, compiling and the final
-    # checkpoint's class grid (~100 s together), in whole hundreds (log_every).
-    steps = int(max(100, speed * (limit_s - 100) / batch) // 100 * 100)
+    # checkpoint's class grid (~130 s together), in whole hundreds (log_every).
+    steps = int(max(100, speed * (limit_s - 130) / batch) // 100 * 100)
     if s.tiny:
         steps = 8
     overrides = _train_overrides(s, batch, steps)
@@ -254,6 +263,9 @@ def train(s: Session, args, limit_s: float) -> None:
                 "-q",
                 "-p",
                 "no:cacheprovider",
+                # Not -n auto (16 workers there): they starved the training of CPU.
+                "-n",
+                "4",
             ],
             # Beside the training, the classifier and the eval; `finish_tests` collects it.
             limit_s + 140,
@@ -418,6 +430,7 @@ def main() -> None:
         "train": train,
         "classifier": classifier,
         "eval": evaluate,
+        "more_benchmarks": functools.partial(benchmark, more=True),
     }
     args.overrides, args.background = [], []
     for step in STEPS:
