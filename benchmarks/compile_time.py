@@ -41,11 +41,11 @@ def measure(args) -> dict:
     import jax
     import jax.numpy as jnp
     import jaxdiff.configs as configs
+    from timing import labelled_sampler
 
-    from jaxdiff import data, samplers
+    from jaxdiff import data
     from jaxdiff.compiler import jit
     from jaxdiff.experiment import create_experiment
-    from jaxdiff.models import make_score_fn
     from jaxdiff.state import create_optimizer, create_replicated_train_state
     from jaxdiff.training import make_train_call
 
@@ -70,17 +70,7 @@ def measure(args) -> dict:
     setup_s = time.perf_counter() - start
 
     train_call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-    sample_labels = None
-    if experiment.num_classes:
-        sample_labels = jnp.arange(args.sample_batch, dtype=jnp.int32) % experiment.num_classes
-    sampler = samplers.create_sampler(config.sampling)
-    shape = (args.sample_batch, *experiment.data_shape)
-
-    def sample(params, key):
-        score_fn = make_score_fn(
-            experiment.model, params, experiment.sde, config.model, labels=sample_labels
-        )
-        return sampler(key, score_fn, experiment.sde, shape)
+    sample = labelled_sampler(experiment, config.sampling, args.sample_batch)
 
     programs = {
         "train": (train_call, (state, key, dataset)),
@@ -133,7 +123,7 @@ def train_step_parts(experiment, tx, state, key, dataset) -> dict:
     from jaxdiff.loop import apply_update
     from jaxdiff.losses import dsm_loss
     from jaxdiff.models import make_score_fn
-    from jaxdiff.training import draw_training_batch, train_step
+    from jaxdiff.training import draw_training_batch, make_train_step
 
     config, model = experiment.config, experiment.model
     batch_sharding = parallel.batch_sharded(experiment.mesh)
@@ -148,15 +138,8 @@ def train_step_parts(experiment, tx, state, key, dataset) -> dict:
         return dsm_loss(score_fn, experiment.sde, x0, key, config.training.eps)
 
     def step(state, key):
-        return train_step(
-            state,
-            key,
-            dataset,
-            model=model,
-            sde=experiment.sde,
-            tx=tx,
-            config=config,
-            batch_sharding=batch_sharding,
+        return make_train_step(model, experiment.sde, tx, config, experiment.mesh)(
+            state, key, dataset
         )
 
     grads = jax.tree.map(jax.numpy.zeros_like, state.params)

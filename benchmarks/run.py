@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing, torch_reference
 
 from jaxdiff.configs import (
     cifar10,
@@ -66,14 +67,15 @@ from jaxdiff.configs import (
     mnist_cond,
     mnist_seed,
 )
+from timing import labelled_sampler
 
-from jaxdiff import data, parallel, samplers
+from jaxdiff import data
 from jaxdiff.compiler import jit
 from jaxdiff.experiment import create_experiment
 from jaxdiff.host_memory import keep_freed_memory
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import make_train_call, train_step
+from jaxdiff.training import make_train_call, make_train_step
 
 # Dense peak FLOP/s by device kind and precision (fp32 = TF32 tensor cores, which
 # XLA and PyTorch's cuDNN convolutions use for float32 by default).
@@ -150,20 +152,8 @@ class JaxSide:
         train_call = make_train_call(experiment.model, experiment.sde, tx, c, experiment.mesh)
         self.flops_per_step = train_step_flops(experiment, tx, self.state, key, self.dataset)
 
-        num_classes = experiment.num_classes
-        sample_labels = (
-            jnp.arange(args.sample_batch, dtype=jnp.int32) % num_classes if num_classes else None
-        )
-        sampler = samplers.create_sampler(c.sampling)
-        shape = (args.sample_batch, *experiment.data_shape)
-
-        def sample(params, key):
-            score_fn = make_score_fn(
-                experiment.model, params, experiment.sde, c.model, labels=sample_labels
-            )
-            return sampler(key, score_fn, experiment.sde, shape)
-
-        self.sample_fn = jit(sample)  # As jaxdiff compiles its sampler.
+        # As jaxdiff compiles its sampler.
+        self.sample_fn = jit(labelled_sampler(experiment, c.sampling, args.sample_batch))
         start = time.perf_counter()
         # Compiled once, ahead of time, so that its memory analysis costs no second compile;
         # a state of another sharding would be refused, not silently compiled for again.
@@ -184,19 +174,10 @@ class JaxSide:
 
 def train_step_flops(experiment, tx, state, key, dataset) -> float | None:
     """FLOPs of one train step of `experiment`, from its lowered program (see `_flops`)."""
-    one_step = jax.jit(
-        lambda state, key, dataset: train_step(
-            state,
-            key,
-            dataset,
-            model=experiment.model,
-            sde=experiment.sde,
-            tx=tx,
-            config=experiment.config,
-            batch_sharding=parallel.batch_sharded(experiment.mesh),
-        )
+    one_step = make_train_step(
+        experiment.model, experiment.sde, tx, experiment.config, experiment.mesh
     )
-    return _flops(one_step, state, key, dataset)
+    return _flops(jax.jit(one_step), state, key, dataset)
 
 
 def _flops(jitted, *args) -> float | None:
@@ -536,7 +517,6 @@ def main() -> None:
     for side in sides:
         if side not in ("jaxdiff", "torch_eager", "torch_compile"):
             sys.exit(f"error: unknown side {side!r}; choose jaxdiff, torch_eager, torch_compile")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     datasets = {}  # name -> (images, labels), read once
 
     rows, failures = [], []

@@ -1,4 +1,4 @@
-"""Helpers the layer and option benchmarks share: timing programs in turns, saving rows."""
+"""Helpers the benchmarks share: timing programs in turns, saving rows, a config's sampler."""
 
 import json
 import os
@@ -6,6 +6,10 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
+
+from jaxdiff import samplers
+from jaxdiff.models import make_score_fn
 
 
 def time_in_turns(programs: dict, args: tuple, repeats: int) -> dict:
@@ -49,3 +53,25 @@ def write_json(rows, path: str) -> None:
     with open(path, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"wrote {path}")
+
+
+def labelled_sampler(experiment, sampling_config, num_samples: int):
+    """(params, key) -> samples: the config's sampler on `num_samples`, not yet jitted.
+
+    A conditional model samples the classes in turn (label i % num_classes), so
+    the benchmarks time the conditional network, unguided.
+    """
+    labels = None
+    if experiment.num_classes:
+        labels = jnp.arange(num_samples, dtype=jnp.int32) % experiment.num_classes
+    sampler = samplers.create_sampler(sampling_config)
+    shape = (num_samples, *experiment.data_shape)
+    model_config = experiment.config.model
+
+    def sample(params, key):
+        score_fn = make_score_fn(
+            experiment.model, params, experiment.sde, model_config, labels=labels
+        )
+        return sampler(key, score_fn, experiment.sde, shape)
+
+    return sample

@@ -3,6 +3,7 @@
 import functools
 import logging
 import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -90,6 +91,24 @@ def train_step(
     }
 
 
+def make_train_step(
+    model: nn.Module,
+    sde: SDE,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, jax.Array, data.DeviceDataset], tuple[TrainState, dict]]:
+    """`train_step` with its model, SDE, optimizer, config and batch sharding bound (not jitted)."""
+    return functools.partial(
+        train_step,
+        model=model,
+        sde=sde,
+        tx=tx,
+        config=config,
+        batch_sharding=parallel.batch_sharded(mesh),
+    )
+
+
 def make_train_call(
     model: nn.Module,
     sde: SDE,
@@ -99,14 +118,7 @@ def make_train_call(
     python_loop: bool | None = None,
 ) -> TrainCall:
     """The score model's `training.steps_per_call` train steps as one jitted call."""
-    step_fn = functools.partial(
-        train_step,
-        model=model,
-        sde=sde,
-        tx=tx,
-        config=config,
-        batch_sharding=parallel.batch_sharded(mesh),
-    )
+    step_fn = make_train_step(model, sde, tx, config, mesh)
     return compile_train_call(step_fn, config.training.steps_per_call, mesh, python_loop)
 
 

@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import jaxdiff.configs as configs
 
-from jaxdiff import data, parallel
+from jaxdiff import data
 from jaxdiff.experiment import create_experiment
 from jaxdiff.loop import apply_update
 from jaxdiff.state import create_optimizer, init_state
-from jaxdiff.training import train_step
+from jaxdiff.training import make_train_step
 
 
 def main() -> None:
@@ -37,7 +37,6 @@ def main() -> None:
     config = experiment.config
     images = jnp.zeros((1024, *experiment.image_shape), jnp.uint8)
     dataset = data.to_device(images, jnp.zeros((1024,), jnp.int32), experiment.mesh)
-    batch_sharding = parallel.batch_sharded(experiment.mesh)
     key = jax.random.key(0)
     dummy = (jnp.zeros((1, *experiment.data_shape)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
     params = jax.eval_shape(lambda: experiment.model.init(key, *dummy)["params"])
@@ -52,16 +51,10 @@ def main() -> None:
             return apply_update(state, grads, tx, config.training.ema_decay)
 
         def step(state, key, tx=tx):
-            return train_step(
-                state,
-                key,
-                dataset,
-                model=experiment.model,
-                sde=experiment.sde,
-                tx=tx,
-                config=config,
-                batch_sharding=batch_sharding,
+            train_step = make_train_step(
+                experiment.model, experiment.sde, tx, config, experiment.mesh
             )
+            return train_step(state, key, dataset)
 
         for part, fn, args in (("update", update, (state, params)), ("step", step, (state, key))):
             lowered = jax.jit(fn).trace(*args).lower()
