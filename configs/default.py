@@ -117,9 +117,12 @@ def get_config() -> ml_collections.ConfigDict:
     training.sample_at_checkpoints = True
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    # euler_maruyama (the seed's), pc (predictor-corrector) or ode (probability flow, Heun).
+    # The sampler, by name (docs/samplers_and_sdes.md): euler_maruyama (the seed's),
+    # pc (predictor-corrector), ode (probability-flow Heun on a uniform t grid), or the
+    # noise-level samplers edm (Heun, Karras et al. 2022), dpm_solver++ (2M), ddim.
     sampling.sampler = "euler_maruyama"
-    # Iterations of the sampler's scan (NFE: em = n, pc = n (1 + corrector_steps), ode = 2n).
+    # Steps of the sampler. NFE: euler_maruyama n, pc n (1 + corrector_steps), ode 2n + 1,
+    # edm 2n - 1, dpm_solver++ n, ddim n (twice that with guidance).
     sampling.num_steps = 500
     # Samples per grid / per --mode=sample run (without a prompt).
     sampling.num_samples = 64
@@ -132,6 +135,22 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.guidance_scale = 0.0
     # Smallest time the sampler reaches.
     sampling.eps = 1e-3
+    # edm, dpm_solver++, ddim: the noise levels from sigma(1) to sigma(eps), then 0:
+    # karras (rho-schedule, dense at low noise) or log_snr (uniform in log sigma).
+    sampling.noise_schedule = "karras"
+    # karras only: its rho (7 in Karras et al. 2022).
+    sampling.rho = 7.0
+    # edm only: stochastic churn S_churn (0: deterministic), applied at noise levels in
+    # [s_tmin, s_tmax], with noise scaled by s_noise (EDM's S_tmin, S_tmax, S_noise).
+    sampling.s_churn = 0.0
+    # edm only: see s_churn.
+    sampling.s_tmin = 0.0
+    # edm only: see s_churn.
+    sampling.s_tmax = float("inf")
+    # edm only: see s_churn.
+    sampling.s_noise = 1.0
+    # ddim only: 0 is deterministic DDIM, 1 ancestral sampling (DDPM's for vp).
+    sampling.eta = 0.0
     # pc only: reverse_diffusion (ancestral) or euler_maruyama.
     sampling.predictor = "reverse_diffusion"
     # pc only: Langevin corrector steps per time step.

@@ -217,7 +217,7 @@ class Pipeline:
         trajectory, labels, experiment = self._draw(
             num, prompt, sampler, steps, guidance_scale, seed, frames
         )
-        times = trajectory_times(experiment.config.sampling, frames)
+        times = trajectory_times(experiment.config.sampling, experiment.sde, frames)
         return trajectory, times, labels
 
     def _draw(self, num, prompt, sampler, steps, guidance_scale, seed, frames):

@@ -45,10 +45,10 @@ def sample_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 2)
 
 
-def trajectory_times(sampling_config, frames: int) -> np.ndarray:
+def trajectory_times(sampling_config, sde, frames: int) -> np.ndarray:
     """The diffusion time of each of `frames` evenly spaced snapshots (1 first, ~0 last)."""
     states = samplers.snapshot_states(sampling_config.num_steps, frames)
-    return samplers.state_times(sampling_config)[states]
+    return samplers.state_times(sampling_config, sde)[states]
 
 
 def make_sample_fn(
@@ -113,7 +113,9 @@ def make_sample_fn(
         # are: noise at unit scale shows as grey-level noise, where VE's prior would be almost
         # only black and white pixels, and VE's frames would stay saturated until t is small.
         # The last frame is the samples themselves, unscaled (it equals the grid).
-        t = jnp.asarray(trajectory_times(config.sampling, trajectory_frames)[:-1], jnp.float32)
+        t = jnp.asarray(
+            trajectory_times(config.sampling, experiment.sde, trajectory_frames)[:-1], jnp.float32
+        )
         scale = jnp.sqrt(experiment.sde.mean_coeff(t) ** 2 + experiment.sde.marginal_std(t) ** 2)
         noisy = snapshots[:-1] / scale.reshape((-1,) + (1,) * (snapshots.ndim - 1))
         noisy = to_images(noisy.reshape((-1, *experiment.data_shape)))

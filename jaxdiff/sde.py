@@ -42,6 +42,18 @@ class SDE:
         """Standard deviation of the prior N(0, prior_std^2 I) that sampling starts from."""
         raise NotImplementedError
 
+    def noise_level(self, t: jax.Array) -> jax.Array:
+        """sigma(t) = std(t) / alpha(t): the noise level of x / alpha(t) = x_0 + sigma z.
+
+        The noise-level samplers (edm, dpm_solver++, ddim) work on x / alpha in
+        sigma, where every SDE is the same process (Karras et al. 2022, eq. 4).
+        """
+        raise NotImplementedError
+
+    def time_at_noise_level(self, sigma: jax.Array) -> jax.Array:
+        """The inverse of `noise_level`: the t with sigma(t) = sigma (sigma >= 0)."""
+        raise NotImplementedError
+
     # Derived quantities: written once, in terms of the primitives above.
 
     def marginal_prob(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,6 +74,11 @@ class SDE:
         a = self.mean_coeff(t) / self.mean_coeff(s)
         v = self.marginal_std(t) ** 2 - (a * self.marginal_std(s)) ** 2
         return a, v
+
+    def denoise(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
+        """E[x_0 | x_t] = (x + std^2 score) / alpha (Tweedie's formula): the clean estimate."""
+        std = per_example(self.marginal_std(t), x)
+        return (x + std**2 * score) / per_example(self.mean_coeff(t), x)
 
     def reverse_drift(self, x: jax.Array, t: jax.Array, score: jax.Array) -> jax.Array:
         """Drift of the reverse-time SDE: f - g^2 * score (integrated backwards in t)."""
@@ -97,6 +114,13 @@ class VESDE(SDE):
     def prior_std(self):
         return math.sqrt((self.sigma**2 - 1.0) / (2 * math.log(self.sigma)))
 
+    def noise_level(self, t):
+        return self.marginal_std(t)  # alpha = 1
+
+    def time_at_noise_level(self, sigma):
+        log_sigma = math.log(self.sigma)
+        return jnp.log1p(2 * log_sigma * sigma**2) / (2 * log_sigma)
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(SDE):
@@ -115,6 +139,12 @@ class VPSDE(SDE):
     def _integrated_beta(self, t):
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
+    def _time_at_integrated_beta(self, b):
+        # The positive root of beta_min t + (beta_max - beta_min) t^2 / 2 = b, written
+        # without the difference of square roots (exact also when beta_max = beta_min).
+        slope = self.beta_max - self.beta_min
+        return 2 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * slope * b))
+
     def mean_coeff(self, t):
         return jnp.exp(-0.5 * self._integrated_beta(t))
 
@@ -132,6 +162,13 @@ class VPSDE(SDE):
     def prior_std(self):
         return 1.0
 
+    def noise_level(self, t):
+        # std / alpha = sqrt((1 - alpha^2) / alpha^2) = sqrt(e^B - 1), B = int_0^t beta.
+        return jnp.sqrt(jnp.expm1(self._integrated_beta(t)))
+
+    def time_at_noise_level(self, sigma):
+        return self._time_at_integrated_beta(jnp.log1p(sigma**2))
+
 
 @dataclasses.dataclass(frozen=True)
 class SubVPSDE(VPSDE):
@@ -145,6 +182,13 @@ class SubVPSDE(VPSDE):
 
     def diffusion(self, t):
         return jnp.sqrt(self.beta(t) * -jnp.expm1(-2 * self._integrated_beta(t)))
+
+    def noise_level(self, t):
+        # (1 - e^-B) / e^(-B/2) = 2 sinh(B / 2).
+        return 2 * jnp.sinh(0.5 * self._integrated_beta(t))
+
+    def time_at_noise_level(self, sigma):
+        return self._time_at_integrated_beta(2 * jnp.arcsinh(0.5 * sigma))
 
 
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}

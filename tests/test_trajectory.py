@@ -10,7 +10,7 @@ import jaxdiff
 from jaxdiff.errors import UserError
 from jaxdiff.pipeline import sample
 from jaxdiff.sample import grid_image, strip_rows
-from jaxdiff.samplers import create_sampler, snapshot_states, state_times
+from jaxdiff.samplers import create_sampler, noise_levels, snapshot_states, state_times
 from jaxdiff.sde import VESDE
 from jaxdiff.visualize import captioned
 
@@ -22,7 +22,12 @@ SAMPLERS = {
     "euler_maruyama": dict(sampler="euler_maruyama"),
     "pc": dict(sampler="pc", corrector_steps=1),
     "ode": dict(sampler="ode"),
+    "edm": dict(sampler="edm", s_churn=5.0),
+    "dpm_solver++": dict(sampler="dpm_solver++"),
+    "ddim": dict(sampler="ddim", eta=0.5),
 }
+# Samplers whose prior draw is sde.prior_sample(key, shape) itself (the others split the key).
+PRIOR_FROM_KEY = ("ode", "edm", "dpm_solver++", "ddim")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -38,7 +43,7 @@ def test_snapshots_run_from_the_prior_draw_to_the_sample(name):
     np.testing.assert_array_equal(final, x)
     np.testing.assert_array_equal(trajectory[-1], x)
     # The prior draw, with the key the sampler uses for it.
-    prior_key = key if name == "ode" else jax.random.split(key)[0]
+    prior_key = key if name in PRIOR_FROM_KEY else jax.random.split(key)[0]
     prior = jax.jit(lambda k: sde.prior_sample(k, SHAPE))(prior_key)
     np.testing.assert_array_equal(trajectory[0], prior)
     if name == "ode":  # Deterministic given the prior: states 3 and 6 of 9 by hand.
@@ -62,12 +67,22 @@ def test_snapshot_spacing_and_times():
         assert np.ptp(np.diff(states)) <= 1  # Even spacing.
     # Euler-Maruyama steps dt = 0.225 from each of linspace(1, 0.1, 5), the last to -0.125;
     # the predictor-corrector steps between them, the last to 0.
-    em = state_times(sampling_config(num_steps=5, eps=0.1))
+    sde = VESDE()
+    em = state_times(sampling_config(num_steps=5, eps=0.1), sde)
     np.testing.assert_allclose(em, [1.0, 0.775, 0.55, 0.325, 0.1, -0.125], atol=1e-12)
-    pc = state_times(sampling_config(sampler="pc", num_steps=5, eps=0.1))
+    pc = state_times(sampling_config(sampler="pc", num_steps=5, eps=0.1), sde)
     np.testing.assert_allclose(pc, [1.0, 0.775, 0.55, 0.325, 0.1, 0.0], atol=1e-12)
-    ode = state_times(sampling_config(sampler="ode", num_steps=4, eps=0.2))
-    np.testing.assert_allclose(ode, [1.0, 0.8, 0.6, 0.4, 0.2], atol=1e-12)
+    # The ODE's last state is its denoised estimate, at t = 0.
+    ode = state_times(sampling_config(sampler="ode", num_steps=4, eps=0.2), sde)
+    np.testing.assert_allclose(ode, [1.0, 0.8, 0.6, 0.4, 0.0], atol=1e-12)
+    # Noise-level samplers: the t of each noise level, then 0.
+    for name in ("edm", "dpm_solver++", "ddim"):
+        config = sampling_config(sampler=name, num_steps=6, eps=0.01)
+        times = state_times(config, sde)
+        sigmas = noise_levels(sde, 6, 0.01, "karras")
+        np.testing.assert_allclose(sde.noise_level(times[:-1]), sigmas[:-1], rtol=1e-5)
+        assert times[0] == pytest.approx(1.0) and times[-2] == pytest.approx(0.01)
+        assert times[-1] == 0.0
 
 
 @pytest.mark.parametrize("frames", [1, 12])
