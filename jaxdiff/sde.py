@@ -102,7 +102,9 @@ class VESDE(SDE):
         return jnp.ones_like(t)
 
     def marginal_std(self, t):
-        return jnp.sqrt((self.sigma ** (2 * t) - 1.0) / (2 * math.log(self.sigma)))
+        # expm1 keeps precision for small t, where sigma^(2t) - 1 cancels.
+        log_sigma = math.log(self.sigma)
+        return jnp.sqrt(jnp.expm1(2 * log_sigma * t) / (2 * log_sigma))
 
     def drift(self, x, t):
         return jnp.zeros_like(x)

@@ -84,3 +84,29 @@ def test_create_sde_by_name():
     config.name = "vx"
     with pytest.raises(UserError, match=r"unknown sde.name 've?x'.*\['subvp', 've', 'vp'\]"):
         create_sde(config)
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_noise_level_maps_invert_each_other_and_the_forward_maps(sde):
+    t = jnp.asarray(np.linspace(1e-4, 1.0, 200), jnp.float32)
+    sigma = sde.noise_level(t)
+    # sigma = std / alpha, from the forward maps.
+    np.testing.assert_allclose(sigma, sde.marginal_std(t) / sde.mean_coeff(t), rtol=1e-5)
+    assert np.all(np.diff(np.asarray(sigma)) > 0)  # Increasing, so invertible.
+    np.testing.assert_allclose(sde.time_at_noise_level(sigma), t, rtol=1e-4, atol=1e-7)
+    levels = jnp.asarray(np.geomspace(1e-3, float(sigma[-1]), 50), jnp.float32)
+    np.testing.assert_allclose(sde.noise_level(sde.time_at_noise_level(levels)), levels, rtol=1e-4)
+    assert float(sde.time_at_noise_level(jnp.zeros(()))) == 0.0
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_denoise_is_the_gaussian_posterior_mean(sde):
+    # x_0 ~ N(m, s^2): E[x_0 | x_t] = m + alpha s^2 (x_t - alpha m) / (alpha^2 s^2 + std^2).
+    m, s = 0.3, 0.4
+    t = jnp.asarray([0.01, 0.2, 0.7])
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    alpha, std = sde.mean_coeff(t)[:, None], sde.marginal_std(t)[:, None]
+    var = alpha**2 * s**2 + std**2
+    score = -(x - alpha * m) / var
+    expected = m + alpha * s**2 * (x - alpha * m) / var
+    np.testing.assert_allclose(sde.denoise(x, t, score), expected, rtol=1e-5, atol=1e-6)
