@@ -32,6 +32,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
 from jaxdiff.pipeline import Pipeline, load
+from jaxdiff.progress import Progress
 
 logger = logging.getLogger("jaxdiff")
 
@@ -48,6 +49,7 @@ RECORD_KEYS = (
     "inception_score",
     "precision",
     "recall",
+    "hf_ratio",
     "cond_accuracy",
     "bits_per_dim",
     "seconds",
@@ -65,6 +67,7 @@ _TABLE_COLUMNS = (
     ("inception_score", "IS", "{:.3f}"),
     ("precision", "precision", "{:.3f}"),
     ("recall", "recall", "{:.3f}"),
+    ("hf_ratio", "HF ratio", "{:.3f}"),
     ("cond_accuracy", "cond. acc.", "{:.4f}"),
     ("bits_per_dim", "bits/dim", "{:.3f}"),
     ("fid_inception", "FID (Inception)", "{:.2f}"),
@@ -111,6 +114,7 @@ _SAMPLING_FIELDS_NOT_IN_SAMPLES = (
     "num_samples",
     "prompt",
     "samples_per_class",
+    "batch_size",
     "save_individual",
     "save_trajectory",
     "trajectory_frames",
@@ -139,7 +143,8 @@ def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.nda
     Call i draws `eval.batch_size` samples with seed `config.seed + 1 + i` (a
     conditional model: the same number of each class) and saves them as
     `directory/call_<i>.npz`; calls already saved are read back, so the
-    samples do not depend on interruptions.
+    samples do not depend on interruptions. Reports progress (samples, rate,
+    time left) after each call it draws (`jaxdiff.progress`).
     """
     config = pipeline.config
     e = config.eval
@@ -150,14 +155,18 @@ def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.nda
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "settings.json"), "w") as f:
             json.dump(_sample_settings(pipeline), f, indent=2, sort_keys=True)
+    paths = [os.path.join(directory, f"call_{call:05d}.npz") for call in range(num_calls)]
+    saved = [os.path.exists(path) for path in paths]
+    # The samples each call adds (the last one's extra ones are cut below).
+    counts = [min(e.batch_size, e.num_samples - call * e.batch_size) for call in range(num_calls)]
+    done = sum(count for count, was_saved in zip(counts, saved, strict=True) if was_saved)
+    progress = Progress(e.num_samples, "samples", "eval", initial=done)
     images, labels = [], []
-    start, drawn = time.perf_counter(), 0
-    for call in range(num_calls):
-        path = os.path.join(directory, f"call_{call:05d}.npz")
-        if os.path.exists(path):
-            with np.load(path) as saved:
-                images.append(saved["images"])
-                labels.append(saved["labels"])
+    for call, path in enumerate(paths):
+        if saved[call]:
+            with np.load(path) as saved_call:
+                images.append(saved_call["images"])
+                labels.append(saved_call["labels"])
             continue
         if num_classes:
             batch_images, batch_labels = pipeline.sample(
@@ -175,16 +184,9 @@ def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.nda
             os.replace(path + ".tmp", path)
         images.append(batch_images)
         labels.append(batch_labels)
-        drawn += 1
-        elapsed = time.perf_counter() - start
-        remaining = elapsed / drawn * (num_calls - call - 1)
-        logger.info(
-            "eval: %d/%d samples (%.0f s, about %.0f s left)",
-            min((call + 1) * e.batch_size, e.num_samples),
-            e.num_samples,
-            elapsed,
-            remaining,
-        )
+        done += counts[call]
+        progress.update(done)
+    progress.close()
     return (
         np.concatenate(images)[: e.num_samples],
         np.concatenate(labels)[: e.num_samples],
@@ -233,14 +235,16 @@ def record_stem(pipeline: Pipeline) -> str:
     return stem
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """`--mode=eval`: evaluates the latest checkpoint of `workdir`; returns the record.
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict[str, Any]:
+    """`--mode=eval`: evaluates checkpoint `step` (the latest if None) of `workdir`; returns the record.
 
     Raises:
       UserError: no checkpoint, no trained classifier of the dataset, impossible settings.
     """
     start = time.perf_counter()
-    pipeline = load(workdir, config=config)
+    pipeline = load(workdir, step=step, config=config)
     config = pipeline.config
     e = config.eval
     experiment = pipeline.experiment
@@ -266,6 +270,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "classifier": {"workdir": classifier.workdir, "step": classifier.step},
     }
     record.update(classifier_metrics(classifier, images, labels, reference, train, e.nearest_k))
+    # Grain and blur that the classifier's features miss (metrics.high_frequency_ratio).
+    real_images, _ = data.load_split(config.data.dataset, e.reference_split, *data_args)
+    record["hf_ratio"] = metrics.high_frequency_ratio(images, real_images)
     record["bits_per_dim"] = None
     if e.bits_per_dim_images:
         record["bits_per_dim"] = bits_per_dim_of_split(pipeline, e.bits_per_dim_images)
@@ -407,7 +414,8 @@ def summary_line(record: dict[str, Any]) -> str:
         f"eval step {record['step']}: FID {value('fid', '{:.3f}')} "
         f"(vs train {value('fid_train', '{:.3f}')}, floor {value('fid_floor', '{:.3f}')})  "
         f"IS {value('inception_score', '{:.3f}')}  precision {value('precision', '{:.3f}')}  "
-        f"recall {value('recall', '{:.3f}')}  cond. accuracy {value('cond_accuracy', '{:.4f}')}  "
+        f"recall {value('recall', '{:.3f}')}  HF ratio {value('hf_ratio', '{:.3f}')}  "
+        f"cond. accuracy {value('cond_accuracy', '{:.4f}')}  "
         f"bits/dim {value('bits_per_dim', '{:.3f}')}"
         + (
             f"  FID (Inception) {record['fid_inception']:.2f}"

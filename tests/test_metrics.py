@@ -8,6 +8,7 @@ import scipy.linalg
 from scipy.spatial.distance import cdist
 from scipy.stats import ortho_group
 
+from jaxdiff import metrics
 from jaxdiff.metrics import (
     classifier_accuracy,
     feature_statistics,
@@ -307,3 +308,33 @@ def test_classifier_accuracy_of_a_hand_computed_example():
 def test_classifier_accuracy_rejects_labels_outside_the_classes():
     with pytest.raises(ValueError, match="labels"):
         classifier_accuracy(np.eye(3), np.array([0, 1, 3]))
+
+
+def test_mean_abs_laplacian_of_noise_on_a_flat_image_is_its_closed_form():
+    # On a flat image the Laplacian of white noise is N(0, 20 s^2): E|.| = s sqrt(40 / pi).
+    s = 0.05
+    images = 0.5 + s * np.random.default_rng(0).standard_normal((64, 32, 32, 1))
+    measured = metrics.mean_abs_laplacian(images).mean()
+    assert measured == pytest.approx(s * np.sqrt(40 / np.pi), rel=0.01)
+    # uint8 input is scaled to [0, 1]; a constant or linear ramp image has none.
+    ramp = np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 1))[None]
+    assert metrics.mean_abs_laplacian(ramp) == pytest.approx([0.0])
+    assert metrics.mean_abs_laplacian(np.full((1, 8, 8, 3), 200, np.uint8)) == pytest.approx([0])
+
+
+def test_high_frequency_ratio_sees_grain_and_blur_on_digit_like_images():
+    rng = np.random.default_rng(1)
+    # Strokes on a black background, as MNIST: bright 3-pixel-wide bars.
+    images = np.zeros((200, 28, 28, 1))
+    for image, column in zip(images, rng.integers(4, 22, 200), strict=True):
+        image[4:24, column : column + 3] = 1.0
+    clean, reference = images[:100], images[100:]
+    as_uint8 = lambda x: np.clip(np.round(x * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    assert metrics.high_frequency_ratio(as_uint8(clean), as_uint8(reference)) == pytest.approx(
+        1.0, abs=0.02
+    )
+    # Grain of 8 grey levels (std 0.03), clipped at black as a sampler's would be.
+    grainy = as_uint8(clean + 0.03 * rng.standard_normal(clean.shape))
+    assert metrics.high_frequency_ratio(grainy, as_uint8(reference)) > 1.3
+    blurred = (clean + np.roll(clean, 1, axis=2) + np.roll(clean, -1, axis=2)) / 3
+    assert metrics.high_frequency_ratio(as_uint8(blurred), as_uint8(reference)) < 0.8
