@@ -1,4 +1,4 @@
-"""`--mode=eval`: sample-quality metrics of a trained score model's latest checkpoint.
+"""`--mode=eval`: sample-quality metrics of a score model's checkpoint (the latest, or --step).
 
 Draws `eval.num_samples` samples in calls of `eval.batch_size` (each call's
 samples saved under `workdir/eval/samples_<step>_<settings>/`, so an
@@ -162,31 +162,31 @@ def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.nda
     done = sum(count for count, was_saved in zip(counts, saved, strict=True) if was_saved)
     progress = Progress(e.num_samples, "samples", "eval", initial=done)
     images, labels = [], []
-    for call, path in enumerate(paths):
-        if saved[call]:
-            with np.load(path) as saved_call:
-                images.append(saved_call["images"])
-                labels.append(saved_call["labels"])
-            continue
-        if num_classes:
-            batch_images, batch_labels = pipeline.sample(
-                e.batch_size // num_classes,
-                prompt=list(range(num_classes)),
-                seed=config.seed + 1 + call,
-            )
-        else:
-            batch_images, batch_labels = pipeline.sample(
-                e.batch_size, prompt="", seed=config.seed + 1 + call
-            )
-        if is_main:
-            with open(path + ".tmp", "wb") as f:
-                np.savez(f, images=batch_images, labels=batch_labels)
-            os.replace(path + ".tmp", path)
-        images.append(batch_images)
-        labels.append(batch_labels)
-        done += counts[call]
-        progress.update(done)
-    progress.close()
+    with progress:
+        for call, path in enumerate(paths):
+            if saved[call]:
+                with np.load(path) as saved_call:
+                    images.append(saved_call["images"])
+                    labels.append(saved_call["labels"])
+                continue
+            if num_classes:
+                batch_images, batch_labels = pipeline.sample(
+                    e.batch_size // num_classes,
+                    prompt=list(range(num_classes)),
+                    seed=config.seed + 1 + call,
+                )
+            else:
+                batch_images, batch_labels = pipeline.sample(
+                    e.batch_size, prompt="", seed=config.seed + 1 + call
+                )
+            if is_main:
+                with open(path + ".tmp", "wb") as f:
+                    np.savez(f, images=batch_images, labels=batch_labels)
+                os.replace(path + ".tmp", path)
+            images.append(batch_images)
+            labels.append(batch_labels)
+            done += counts[call]
+            progress.update(done)
     return (
         np.concatenate(images)[: e.num_samples],
         np.concatenate(labels)[: e.num_samples],
@@ -227,18 +227,25 @@ def classifier_metrics(
     return result
 
 
-def record_stem(pipeline: Pipeline) -> str:
-    """`<step>`, or `<step>_w<guidance>` for a conditional model."""
-    stem = f"{pipeline.step:07d}"
+def record_stem(pipeline: Pipeline, tag: str) -> str:
+    """`<step>_<sampler>_<NFE>nfe[_w<guidance>]_<tag>`: one record per sampling setting.
+
+    `tag` names the other settings that decide the samples (seed, sampler
+    fields), so evaluations of one checkpoint with other samplers or seeds
+    each keep their record and row in results.md.
+    """
+    config = pipeline.config
+    nfe = samplers.num_function_evals(config.sampling)
+    stem = f"{pipeline.step:07d}_{config.sampling.sampler}_{nfe}nfe"
     if pipeline.experiment.num_classes:
-        stem += f"_w{pipeline.config.sampling.guidance_scale:g}"
-    return stem
+        stem += f"_w{config.sampling.guidance_scale:g}"
+    return f"{stem}_{tag}"
 
 
 def evaluate(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> dict[str, Any]:
-    """`--mode=eval`: evaluates checkpoint `step` (the latest if None) of `workdir`; returns the record.
+    """`--mode=eval`: evaluates checkpoint `step` of `workdir` (None: the latest); the record.
 
     Raises:
       UserError: no checkpoint, no trained classifier of the dataset, impossible settings.
@@ -284,7 +291,7 @@ def evaluate(
     record["seconds"] = time.perf_counter() - start
     record = {key: record[key] for key in RECORD_KEYS} | record
     if jax.process_index() == 0:
-        path = os.path.join(directory, record_stem(pipeline) + ".json")
+        path = os.path.join(directory, record_stem(pipeline, tag) + ".json")
         with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
         os.replace(path + ".tmp", path)

@@ -86,7 +86,7 @@ def test_eval_writes_every_metric_and_they_agree_with_the_metric_functions(
     config.eval.bits_per_dim_steps = 3
     record = evaluate(config, str(workdir))
 
-    path = workdir / "eval" / "0000004.json"
+    (path,) = (workdir / "eval").glob("0000004_euler_maruyama_5nfe_*.json")
     saved = json.loads(path.read_text())
     assert list(saved)[: len(RECORD_KEYS)] == list(RECORD_KEYS)
     assert saved["step"] == 4 and saved["num_samples"] == 20 and saved["nfe"] == 5
@@ -133,7 +133,8 @@ def test_conditional_eval_measures_how_often_samples_are_of_the_requested_class(
     config = _eval_config(run_config, tiny_classifier[1])
     config.sampling.guidance_scale = 1.0
     record = evaluate(config, str(workdir))
-    saved = json.loads((workdir / "eval" / "0000004_w1.json").read_text())
+    (path,) = (workdir / "eval").glob("0000004_euler_maruyama_5nfe_w1_*.json")
+    saved = json.loads(path.read_text())
     assert saved["guidance_scale"] == 1.0
     # Two calls of 10: one sample of each class per call, so two per class.
     (sample_dir,) = [d for d in (workdir / "eval").iterdir() if d.name.startswith("samples_")]
