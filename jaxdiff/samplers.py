@@ -42,13 +42,36 @@ from jaxdiff.sde import SDE
 
 Sampler = Callable[[jax.Array, ScoreFn, SDE, tuple[int, ...]], jax.Array]
 
-# The samplers `sampling.sampler` chooses. Each is a function
-# (key, score_fn, sde, shape, *, num_steps, eps, snapshots, <its fields>) -> samples,
-# registered with the sampling.* fields it reads beyond num_steps and eps and:
-#   nfe(sampling_config) -> network evaluations per sample;
-#   state_times(sampling_config, sde) -> the t of its num_steps + 1 states;
-#   check(sampling_config) (optional) -> raises UserError for settings it cannot take.
+# The samplers `sampling.sampler` chooses, each added by `register_sampler`.
 SAMPLERS = Registry("sampling.sampler")
+
+
+def register_sampler(
+    name: str,
+    *,
+    nfe: Callable[..., int],
+    state_times: Callable[..., np.ndarray],
+    fields: tuple[str, ...] = (),
+    check: Callable[..., None] | None = None,
+) -> Callable:
+    """A decorator that adds a sampler to SAMPLERS with all that the project asks of it.
+
+    The sampler is a function (key, score_fn, sde, shape, *, num_steps, eps,
+    snapshots, <its fields>) -> samples (with snapshots > 0: (samples,
+    trajectory), see `scan_with_snapshots`).
+
+    Args:
+      name: what `sampling.sampler` says to choose it.
+      nfe: sampling_config -> network evaluations per sample (without guidance).
+      state_times: (sampling_config, sde) -> the diffusion time t of each of its
+        num_steps + 1 states (1 for the prior draw; what trajectory frames show).
+      fields: the sampling.* fields it reads beyond num_steps and eps.
+      check: sampling_config -> None, raising UserError for settings it cannot take.
+    """
+    extras = {"nfe": nfe, "state_times": state_times}
+    if check is not None:
+        extras["check"] = check
+    return SAMPLERS.register(name, fields=fields, **extras)
 
 
 def snapshot_states(num_steps: int, frames: int) -> np.ndarray:
@@ -74,8 +97,8 @@ def state_times(sampling_config, sde: SDE) -> np.ndarray:
     return np.asarray(entry.extras["state_times"](sampling_config, sde), np.float64)
 
 
-def _scan(step, carry, xs, *, num_steps, snapshots, prior, final=None):
-    """Runs `step` over `xs` with lax.scan; returns (final carry, trajectory or None).
+def scan_with_snapshots(step, carry, xs, *, num_steps, snapshots, prior, final=None):
+    """A sampler's loop: `step` over `xs` with lax.scan; returns (final carry, trajectory or None).
 
     `step(carry, x) -> (carry, state)`, where state is the sampler's current
     estimate (what a snapshot records); `prior` is the state before the first
@@ -122,7 +145,7 @@ def _euler_maruyama_times(c, sde):
     return np.concatenate([[1.0], ts - (ts[0] - ts[1])])
 
 
-@SAMPLERS.register("euler_maruyama", nfe=lambda c: c.num_steps, state_times=_euler_maruyama_times)
+@register_sampler("euler_maruyama", nfe=lambda c: c.num_steps, state_times=_euler_maruyama_times)
 def euler_maruyama(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -153,7 +176,7 @@ def euler_maruyama(
         return (x, x_mean), x_mean
 
     x = sde.prior_sample(init_key, shape)
-    (_, x_mean), trajectory = _scan(
+    (_, x_mean), trajectory = scan_with_snapshots(
         step,
         (x, x),
         (ts, jax.random.split(key, num_steps)),
@@ -222,7 +245,7 @@ def _pc_times(c, sde):
     return np.concatenate([np.linspace(1.0, c.eps, c.num_steps), [0.0]])
 
 
-@SAMPLERS.register(
+@register_sampler(
     "pc",
     fields=("predictor", "snr", "corrector_steps"),
     nfe=lambda c: c.num_steps * (1 + c.corrector_steps),
@@ -265,7 +288,7 @@ def predictor_corrector(
 
     x = sde.prior_sample(init_key, shape)
     xs = (ts, next_ts, jax.random.split(key, num_steps))
-    (_, x_mean), trajectory = _scan(
+    (_, x_mean), trajectory = scan_with_snapshots(
         step,
         (x, x),
         xs,
@@ -281,7 +304,7 @@ def _ode_times(c, sde):
     return np.concatenate([np.linspace(1.0, c.eps, c.num_steps + 1)[:-1], [0.0]])
 
 
-@SAMPLERS.register("ode", nfe=lambda c: 2 * c.num_steps + 1, state_times=_ode_times)
+@register_sampler("ode", nfe=lambda c: 2 * c.num_steps + 1, state_times=_ode_times)
 def probability_flow_ode(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -321,7 +344,7 @@ def probability_flow_ode(
     # The last Heun step and the denoising are both the last step (one state, t = 0).
     last_heun = lambda x: denoise(step(x, (ts[-2], ts[-1]))[0])  # noqa: E731
     prior = sde.prior_sample(key, shape)
-    x, trajectory = _scan(
+    x, trajectory = scan_with_snapshots(
         step,
         prior,
         (ts[:-2], ts[1:-1]),
@@ -412,7 +435,7 @@ def _check_edm(c) -> None:
         )
 
 
-@SAMPLERS.register(
+@register_sampler(
     "edm",
     fields=(*_NOISE_LEVEL_FIELDS, "s_churn", "s_tmin", "s_tmax", "s_noise"),
     nfe=lambda c: 2 * c.num_steps - 1,
@@ -478,7 +501,7 @@ def edm(
 
     prior = process.prior(key)
     xs = (raised[:-1], churn_scale[:-1], next_levels[:-1], process.alpha(next_levels[:-1]))
-    x, trajectory = _scan(
+    x, trajectory = scan_with_snapshots(
         step,
         prior,
         (*(jnp.asarray(v, jnp.float32) for v in xs), noise_keys[:-1]),
@@ -490,7 +513,7 @@ def edm(
     return x if not snapshots else (x, trajectory)
 
 
-@SAMPLERS.register(
+@register_sampler(
     "dpm_solver++",
     fields=_NOISE_LEVEL_FIELDS,
     nfe=lambda c: c.num_steps,
@@ -542,7 +565,7 @@ def dpm_solver_pp(
 
     prior = process.prior(key)
     xs = (sigmas[:-2], ratio, weight, process.alpha(sigmas[1:-1]))
-    (x, _), trajectory = _scan(
+    (x, _), trajectory = scan_with_snapshots(
         step,
         (prior, jnp.zeros_like(prior)),
         tuple(jnp.asarray(v, jnp.float32) for v in xs),
@@ -560,7 +583,7 @@ def _check_ddim(c) -> None:
         raise UserError(f"sampling.eta must be in [0, 1], got {c.eta}")
 
 
-@SAMPLERS.register(
+@register_sampler(
     "ddim",
     fields=(*_NOISE_LEVEL_FIELDS, "eta"),
     nfe=lambda c: c.num_steps,
@@ -610,7 +633,7 @@ def ddim(
 
     prior = process.prior(key)
     xs = (levels, keep, up, process.alpha(next_levels))
-    x, trajectory = _scan(
+    x, trajectory = scan_with_snapshots(
         step,
         prior,
         (*(jnp.asarray(v, jnp.float32) for v in xs), noise_keys),

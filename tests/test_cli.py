@@ -55,7 +55,7 @@ CASES = {
     "unknown dataset": (["--config.data.dataset=svhn"], {}, ["'svhn'", "cifar10", "mnist"]),
     "unknown model": (["--config.model.name=resnet"], {}, ["'resnet'", "seed_unet", "unet"]),
     "unknown sde": (["--config.sde.name=vx"], {}, ["'vx'", "subvp", "ve", "vp"]),
-    "unknown sampler": (["--config.sampling.sampler=ddim"], {}, ["'ddim'", "euler_maruyama"]),
+    "unknown sampler": (["--config.sampling.sampler=ddpm"], {}, ["'ddpm'", "dpm_solver++", "edm"]),
     "shape does not fit": (
         ["--config.model.name=unet", "--config.model.channels=(8,8,8,8,8,8,8)"],
         {},
