@@ -4,9 +4,11 @@
     python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
     python main.py --config=configs/classifier_mnist.py --workdir=runs/classifier_mnist
     python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=eval
+    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample --step=2000
 
 Any config field can be overridden: --config.training.batch_size=256.
-SIGTERM or Ctrl-C stops training after a checkpoint (exit 0); the same command resumes.
+SIGTERM or Ctrl-C stops training after a checkpoint, sampling after the current batch
+(exit 0); the same command resumes.
 """
 
 import logging
@@ -25,8 +27,14 @@ flags.DEFINE_enum(
     "train",
     ["train", "sample", "eval", "plot"],
     "train: what config.task names (score model or feature classifier); sample: draw "
-    "from the latest checkpoint; eval: sample-quality metrics (a classifier run: its "
-    "test accuracy); plot: redraw the loss curves from metrics.jsonl.",
+    "from the latest checkpoint (or --step); eval: sample-quality metrics (a classifier "
+    "run: its test accuracy); plot: redraw the loss curves from metrics.jsonl.",
+)
+flags.DEFINE_integer(
+    "step",
+    None,
+    "--mode=sample and --mode=eval of a score model: the checkpoint to use, by training "
+    "step (see <workdir>/checkpoints/); the latest if unset.",
 )
 flags.DEFINE_bool(
     "allow_config_change",
@@ -78,13 +86,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"bad --config override: {detail}")
 
 
-def run_mode(mode: str, config, workdir: str) -> None:
-    """Does what --mode says for the task the config names."""
+def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
+    """Does what --mode says for the task the config names (`step`: --step, None if unset)."""
     from jaxdiff.errors import UserError
 
     task = config.task
     if task not in ("diffusion", "classifier"):
         raise UserError(f"unknown task {task!r}; choose one of ['classifier', 'diffusion']")
+    if step is not None and (task != "diffusion" or mode not in ("sample", "eval")):
+        what = f"--mode={mode}" if task == "diffusion" else "a classifier run"
+        raise UserError(
+            f"--step chooses the checkpoint of a score model's --mode=sample or --mode=eval; "
+            f"{what} takes no --step"
+        )
     if mode == "plot":
         from jaxdiff.loss_curve import write_loss_curves
 
@@ -108,11 +122,11 @@ def run_mode(mode: str, config, workdir: str) -> None:
     elif mode == "sample":
         from jaxdiff.pipeline import sample
 
-        sample(config, workdir)
+        sample(config, workdir, step)
     else:
         from jaxdiff.evaluate import evaluate, summary_line
 
-        print(summary_line(evaluate(config, workdir)), flush=True)
+        print(summary_line(evaluate(config, workdir, step)), flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -147,7 +161,7 @@ def main(argv: list[str]) -> None:
         parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
-        run_mode(FLAGS.mode, config, FLAGS.workdir)
+        run_mode(FLAGS.mode, config, FLAGS.workdir, FLAGS.step)
     except (UserError, FloatingPointError) as e:
         fail(e)
     except Preempted as e:  # Asked to stop, and stopped cleanly: not a failure.

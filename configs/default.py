@@ -131,6 +131,11 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.prompt = ""
     # conditional only: samples per prompted class (grid columns).
     sampling.samples_per_class = 10
+    # --mode=sample draws at most this many samples per sampler call (with a prompt,
+    # batch_size // classes of each class) and rewrites its files after each call;
+    # lower it if sampling runs out of memory. One call gives what jaxdiff.load().sample()
+    # gives; each further one has noise of its own (docs/quickstart.md#many-samples).
+    sampling.batch_size = 500
     # conditional only: classifier-free guidance w in s = (1 + w) s(x, c) - w s(x, null).
     sampling.guidance_scale = 0.0
     # Smallest time the sampler reaches.

@@ -40,9 +40,15 @@ def sample_labels(experiment: Experiment) -> np.ndarray | None:
     return np.full(s.num_samples, experiment.num_classes, np.int32)
 
 
-def sample_key(seed: int) -> jax.Array:
-    """The sampler's noise for a seed; grids from successive checkpoints share it."""
-    return jax.random.fold_in(jax.random.key(seed), 2)
+def sample_key(seed: int, batch: int = 0) -> jax.Array:
+    """The sampler's noise for a seed; grids from successive checkpoints share it.
+
+    `batch` b > 0 gives the noise of the seed's batch b (`--mode=sample` in
+    batches of `sampling.batch_size`): a key of its own, folded from batch 0's,
+    which is the seed's key itself.
+    """
+    key = jax.random.fold_in(jax.random.key(seed), 2)
+    return jax.random.fold_in(key, batch) if batch else key
 
 
 def trajectory_times(sampling_config, sde, frames: int) -> np.ndarray:
