@@ -128,7 +128,7 @@ def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
         "step": pipeline.step,
         "seed": config.seed,
         "batch_size": config.eval.batch_size,
-        "sampling": json.loads(config.sampling.to_json()),
+        "sampling": json.loads(samplers.with_steps(config.sampling).to_json()),
     }
     for field in _SAMPLING_FIELDS_NOT_IN_SAMPLES:
         settings["sampling"].pop(field, None)

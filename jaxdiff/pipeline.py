@@ -174,7 +174,7 @@ class Pipeline:
           num: how many images; with a prompt, how many per prompted class.
           prompt: classes of a conditional model, "3,seven", ["cat", "dog"], [3, 5]
             or "all"; "" samples unconditionally.
-          sampler: "euler_maruyama", "pc" or "ode".
+          sampler: a registered sampler's name (`jaxdiff.samplers.SAMPLERS`).
           steps: the sampler's steps (`sampling.num_steps`).
           guidance_scale: classifier-free guidance w (with a prompt).
           seed: the noise; the same seed and settings give the same images.
@@ -236,7 +236,7 @@ class Pipeline:
         experiment = self.sampling_experiment(num, prompt, sampler, steps, guidance_scale)
         s = experiment.config.sampling
         if frames is not None:
-            samplers.snapshot_states(s.num_steps, frames)  # Validates the count.
+            samplers.snapshot_states(samplers.num_steps(s), frames)  # Validates the count.
         cache_key = (s.to_json(), frames or 0)
         new = cache_key not in self._sample_fns
         if new:
@@ -525,7 +525,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
         class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
         step=pipeline.step,
         sampler=s.sampler,
-        num_steps=s.num_steps,
+        num_steps=samplers.num_steps(s),
         guidance_scale=s.guidance_scale,
         prompt=s.prompt,
         seed=config.seed,

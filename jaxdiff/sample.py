@@ -53,7 +53,7 @@ def sample_key(seed: int, batch: int = 0) -> jax.Array:
 
 def trajectory_times(sampling_config, sde, frames: int) -> np.ndarray:
     """The diffusion time of each of `frames` evenly spaced snapshots (1 first, ~0 last)."""
-    states = samplers.snapshot_states(sampling_config.num_steps, frames)
+    states = samplers.snapshot_states(samplers.num_steps(sampling_config), frames)
     return samplers.state_times(sampling_config, sde)[states]
 
 

@@ -49,6 +49,7 @@ SAMPLERS = Registry("sampling.sampler")
 def register_sampler(
     name: str,
     *,
+    default_steps: int,
     nfe: Callable[..., int],
     state_times: Callable[..., np.ndarray],
     fields: tuple[str, ...] = (),
@@ -62,13 +63,16 @@ def register_sampler(
 
     Args:
       name: what `sampling.sampler` says to choose it.
+      default_steps: its steps when `sampling.num_steps` is 0 (the default), so
+        that choosing a sampler by name alone gives its usual settings.
       nfe: sampling_config -> network evaluations per sample (without guidance).
       state_times: (sampling_config, sde) -> the diffusion time t of each of its
         num_steps + 1 states (1 for the prior draw; what trajectory frames show).
+        Both get the config with num_steps resolved (`with_steps`).
       fields: the sampling.* fields it reads beyond num_steps and eps.
       check: sampling_config -> None, raising UserError for settings it cannot take.
     """
-    extras = {"nfe": nfe, "state_times": state_times}
+    extras = {"default_steps": default_steps, "nfe": nfe, "state_times": state_times}
     if check is not None:
         extras["check"] = check
     return SAMPLERS.register(name, fields=fields, **extras)
@@ -91,10 +95,32 @@ def snapshot_states(num_steps: int, frames: int) -> np.ndarray:
     return np.floor(np.linspace(0, num_steps, frames) + 0.5).astype(np.int32)
 
 
+def num_steps(sampling_config) -> int:
+    """`sampling.num_steps`, or the sampler's own default where it is 0.
+
+    Raises:
+      UserError: an unknown sampler, or fewer than 2 steps.
+    """
+    c = sampling_config
+    steps = c.num_steps or SAMPLERS.get(c.sampler).extras["default_steps"]
+    if steps < 2:
+        raise UserError(
+            f"sampling.num_steps must be >= 2 (or 0: the sampler's default), got {steps}"
+        )
+    return steps
+
+
+def with_steps(sampling_config):
+    """A copy of the sampling config with `num_steps` resolved (`num_steps`)."""
+    c = sampling_config.copy_and_resolve_references()
+    c.num_steps = num_steps(sampling_config)
+    return c
+
+
 def state_times(sampling_config, sde: SDE) -> np.ndarray:
     """The diffusion time t of each of the sampler's num_steps + 1 states (1 for the prior draw)."""
     entry = SAMPLERS.get(sampling_config.sampler)
-    return np.asarray(entry.extras["state_times"](sampling_config, sde), np.float64)
+    return np.asarray(entry.extras["state_times"](with_steps(sampling_config), sde), np.float64)
 
 
 def scan_with_snapshots(step, carry, xs, *, num_steps, snapshots, prior, final=None):
@@ -145,7 +171,12 @@ def _euler_maruyama_times(c, sde):
     return np.concatenate([[1.0], ts - (ts[0] - ts[1])])
 
 
-@register_sampler("euler_maruyama", nfe=lambda c: c.num_steps, state_times=_euler_maruyama_times)
+@register_sampler(
+    "euler_maruyama",
+    default_steps=500,
+    nfe=lambda c: c.num_steps,
+    state_times=_euler_maruyama_times,
+)
 def euler_maruyama(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -247,6 +278,7 @@ def _pc_times(c, sde):
 
 @register_sampler(
     "pc",
+    default_steps=500,
     fields=("predictor", "snr", "corrector_steps"),
     nfe=lambda c: c.num_steps * (1 + c.corrector_steps),
     state_times=_pc_times,
@@ -304,7 +336,9 @@ def _ode_times(c, sde):
     return np.concatenate([np.linspace(1.0, c.eps, c.num_steps + 1)[:-1], [0.0]])
 
 
-@register_sampler("ode", nfe=lambda c: 2 * c.num_steps + 1, state_times=_ode_times)
+@register_sampler(
+    "ode", default_steps=50, nfe=lambda c: 2 * c.num_steps + 1, state_times=_ode_times
+)
 def probability_flow_ode(
     key: jax.Array,
     score_fn: ScoreFn,
@@ -437,6 +471,7 @@ def _check_edm(c) -> None:
 
 @register_sampler(
     "edm",
+    default_steps=18,
     fields=(*_NOISE_LEVEL_FIELDS, "s_churn", "s_tmin", "s_tmax", "s_noise"),
     nfe=lambda c: 2 * c.num_steps - 1,
     state_times=_noise_level_times,
@@ -515,6 +550,7 @@ def edm(
 
 @register_sampler(
     "dpm_solver++",
+    default_steps=20,
     fields=_NOISE_LEVEL_FIELDS,
     nfe=lambda c: c.num_steps,
     state_times=_noise_level_times,
@@ -585,6 +621,7 @@ def _check_ddim(c) -> None:
 
 @register_sampler(
     "ddim",
+    default_steps=35,
     fields=(*_NOISE_LEVEL_FIELDS, "eta"),
     nfe=lambda c: c.num_steps,
     state_times=_noise_level_times,
@@ -659,10 +696,8 @@ def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
     Raises:
       UserError: an unknown sampler or settings it cannot take.
     """
-    c = sampling_config
-    sampler = SAMPLERS.get(c.sampler)
-    if c.num_steps < 2:
-        raise UserError(f"sampling.num_steps must be >= 2, got {c.num_steps}")
+    sampler = SAMPLERS.get(sampling_config.sampler)
+    c = with_steps(sampling_config)
     if not 0.0 < c.eps < 1.0:
         raise UserError(f"sampling.eps must be in (0, 1), got {c.eps}")
     if "check" in sampler.extras:
@@ -676,4 +711,4 @@ def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
 
 def num_function_evals(sampling_config) -> int:
     """Network evaluations per sample for the configured sampler."""
-    return SAMPLERS.get(sampling_config.sampler).extras["nfe"](sampling_config)
+    return SAMPLERS.get(sampling_config.sampler).extras["nfe"](with_steps(sampling_config))

@@ -269,3 +269,11 @@ def test_the_ode_sampler_ends_denoised():
     # The denoised estimate E[x_0 | x_eps] has std S^2 / sqrt(S^2 + std(eps)^2), below S.
     expected = S**2 / np.sqrt(S**2 + std_eps**2)
     assert abs(float(x.std()) - expected) < 0.02 * expected
+
+
+@pytest.mark.parametrize(
+    "sampler, nfe", [("euler_maruyama", 500), ("pc", 1000), ("ode", 101), ("edm", 35), ("ddim", 35)]
+)
+def test_num_steps_zero_is_each_samplers_default(sampler, nfe):
+    # Choosing a sampler by name alone gives its usual settings (the seed's 500 for EM).
+    assert num_function_evals(sampling_config(sampler=sampler, num_steps=0)) == nfe
