@@ -160,7 +160,8 @@ def test_sample_mode_decodes_latent_samples(latent_run):
         ]
     )
     assert result.returncode == 0, result.stderr
-    with np.load(workdir / "samples" / "sample_0000004_euler_maruyama.npz") as npz:
+    # The default sampler (edm) on latents.
+    with np.load(workdir / "samples" / "sample_0000004_edm.npz") as npz:
         images = npz["images"]
     # Decoded to pixels: the image shape, uint8, and not one flat colour.
     assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
