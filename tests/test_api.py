@@ -96,10 +96,12 @@ def test_conditional_load_and_sample_equal_sample_mode(tiny_cond_run):
         ]
     )
     assert result.returncode == 0, result.stderr
-    with np.load(workdir / "samples" / "sample_0000004_euler_maruyama_w2_3-7.npz") as npz:
+    with np.load(workdir / "samples" / "sample_0000004_edm_w2_3-7.npz") as npz:
         cli_images = npz["images"]
     pipeline = jaxdiff.load(workdir)
-    images, labels = pipeline.sample(3, prompt=["3", "seven"], steps=3, guidance_scale=2)
+    images, labels = pipeline.sample(
+        3, prompt=["3", "seven"], sampler="edm", steps=3, guidance_scale=2
+    )
     np.testing.assert_array_equal(labels, [3, 3, 3, 7, 7, 7])
     np.testing.assert_array_equal(images, cli_images)
     # An empty prompt samples `num` images unconditionally from the same model.
@@ -185,8 +187,8 @@ def test_errors_are_user_errors_with_one_clear_message(tiny_run, tiny_cond_run, 
         pipeline.decode(np.zeros((1, 7, 7, 4), np.float32))
     with pytest.raises(jaxdiff.UserError, match=r"labels need a conditional model"):
         pipeline.score(np.zeros((1, 28, 28, 1)), 0.5, labels=[3])
-    with pytest.raises(jaxdiff.UserError, match=r"unknown sampling.sampler 'ddim'"):
-        pipeline.sample(2, sampler="ddim")
+    with pytest.raises(jaxdiff.UserError, match=r"unknown sampling.sampler 'ddpm'"):
+        pipeline.sample(2, sampler="ddpm")
     with pytest.raises(jaxdiff.UserError, match=r"'eleven'.*integers 0-9"):
         jaxdiff.load(tiny_cond_run[1]).sample(1, prompt="3,eleven")
     # Checkpoints without config.json: the message says to pass the config.

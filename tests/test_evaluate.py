@@ -107,6 +107,8 @@ def test_eval_writes_every_metric_and_they_agree_with_the_metric_functions(
     assert (saved["precision"], saved["recall"]) == pytest.approx(
         metrics.precision_recall(test_features, features, 3)
     )
+    hf_ratio = metrics.high_frequency_ratio(images, _split("test[:100]"))
+    assert saved["hf_ratio"] == pytest.approx(hf_ratio, rel=1e-9)
     assert "| step |" in (workdir / "eval" / "results.md").read_text()
     line = summary_line(record)
     assert line.startswith("eval step 4: FID ") and str(path) in line

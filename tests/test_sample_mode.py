@@ -173,7 +173,7 @@ def test_impossible_batch_settings_are_one_line(tiny_run):
 
 def test_step_flag_picks_the_checkpoint(tiny_run):
     _, workdir, _ = tiny_run
-    stem = fresh_stem(workdir, "sample_0000002_euler_maruyama")
+    stem = fresh_stem(workdir, "sample_0000002_edm")
     args = [
         "--config=configs/mnist.py",
         f"--workdir={workdir}",

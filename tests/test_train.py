@@ -148,7 +148,7 @@ def sample_cond(workdir, *args):
 def test_conditional_sample_mode_writes_labelled_rows(trained_cond):
     _, workdir, _ = trained_cond
     sample_cond(workdir, "--config.sampling.prompt=3,seven", "--config.sampling.guidance_scale=2")
-    stem = workdir / "samples" / "sample_0000004_euler_maruyama_w2_3-7"
+    stem = workdir / "samples" / "sample_0000004_edm_w2_3-7"
     with np.load(f"{stem}.npz") as npz:
         assert npz["images"].shape == (6, 28, 28, 1)
         np.testing.assert_array_equal(npz["labels"], [3, 3, 3, 7, 7, 7])
@@ -164,10 +164,10 @@ def test_conditional_sample_mode_writes_labelled_rows(trained_cond):
     # The same noise without guidance gives other images; an empty prompt samples
     # unconditionally (labels -1), num_samples of them.
     sample_cond(workdir, "--config.sampling.prompt=3,7", "--config.sampling.guidance_scale=0")
-    with np.load(workdir / "samples" / "sample_0000004_euler_maruyama_w0_3-7.npz") as npz:
+    with np.load(workdir / "samples" / "sample_0000004_edm_w0_3-7.npz") as npz:
         assert not np.array_equal(npz["images"], guided)
     sample_cond(workdir, "--config.sampling.prompt=")
-    with np.load(workdir / "samples" / "sample_0000004_euler_maruyama_uncond.npz") as npz:
+    with np.load(workdir / "samples" / "sample_0000004_edm_uncond.npz") as npz:
         assert npz["images"].shape == (5, 28, 28, 1)
         np.testing.assert_array_equal(npz["labels"], [-1] * 5)
 
