@@ -228,18 +228,18 @@ def classifier_metrics(
 
 
 def record_stem(pipeline: Pipeline, tag: str) -> str:
-    """`<step>_<sampler>_<NFE>nfe[_w<guidance>]_<tag>`: one record per sampling setting.
+    """`<step>_<sampler>_<NFE>nfe[_w<guidance>]_<N>samples_<tag>`: one record per setting.
 
     `tag` names the other settings that decide the samples (seed, sampler
-    fields), so evaluations of one checkpoint with other samplers or seeds
-    each keep their record and row in results.md.
+    fields), so evaluations of one checkpoint with other samplers, seeds or
+    sample counts each keep their record and row in results.md.
     """
     config = pipeline.config
     nfe = samplers.num_function_evals(config.sampling)
     stem = f"{pipeline.step:07d}_{config.sampling.sampler}_{nfe}nfe"
     if pipeline.experiment.num_classes:
         stem += f"_w{config.sampling.guidance_scale:g}"
-    return f"{stem}_{tag}"
+    return f"{stem}_{config.eval.num_samples}samples_{tag}"
 
 
 def evaluate(
