@@ -419,7 +419,8 @@ def noise_levels(
 
 def _noise_level_times(c, sde):
     sigmas = noise_levels(sde, c.num_steps, c.eps, c.noise_schedule, c.rho)[:-1]
-    times = np.asarray(sde.time_at_noise_level(jnp.asarray(sigmas, jnp.float32)))
+    with jax.ensure_compile_time_eval():  # Also asked for while a sampler is traced.
+        times = np.asarray(sde.time_at_noise_level(jnp.asarray(sigmas, jnp.float32)))
     return np.concatenate([np.minimum(times, 1.0), [0.0]])
 
 

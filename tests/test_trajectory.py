@@ -160,3 +160,11 @@ def test_latent_trajectory_is_decoded(tiny_latent_run):
     # Images, not latents (7 x 7 x 4), each snapshot decoded.
     assert trajectory.shape == (4, 2, 28, 28, 1) and trajectory.dtype == np.uint8
     assert all((trajectory[i] != trajectory[i + 1]).any() for i in range(3))
+
+
+def test_state_times_can_be_asked_for_while_a_sampler_is_traced():
+    # make_sample_fn scales trajectory frames by their times inside the jitted draw.
+    sde = VESDE()
+    config = sampling_config(sampler="edm", num_steps=6, eps=0.01)
+    traced = jax.jit(lambda: jax.numpy.asarray(state_times(config, sde)))()
+    np.testing.assert_allclose(traced, state_times(config, sde), rtol=1e-6)
