@@ -448,9 +448,28 @@ class _NoiseLevelProcess:
         with jax.ensure_compile_time_eval():
             return np.asarray(self.sde.mean_coeff(self.time(jnp.asarray(sigma, jnp.float32))))
 
-    def prior(self, key) -> jax.Array:
-        """x~ at sigma(1): the SDE's prior draw divided by alpha(1)."""
-        return self.sde.prior_sample(key, self.shape) / self.sde.mean_coeff(jnp.float32(1.0))
+    def run(self, key, step, xs, last_step, *, num_steps, snapshots, carry=None):
+        """The sampler's scan from the prior draw; returns what the sampler returns.
+
+        x~ starts at the SDE's prior draw `sde.prior_sample(key, shape)` divided by
+        alpha(1) (the draw itself is the first snapshot). `xs`: per-step arrays,
+        numpy ones becoming float32 constants; `carry(x~)`, if given, is the
+        scan's initial carry, and the final carry's first item is the sample.
+        """
+        drawn = self.sde.prior_sample(key, self.shape)
+        prior = drawn / self.sde.mean_coeff(jnp.float32(1.0))
+        xs = tuple(jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v for v in xs)
+        out, trajectory = scan_with_snapshots(
+            step,
+            prior if carry is None else carry(prior),
+            xs,
+            num_steps=num_steps,
+            snapshots=snapshots,
+            prior=drawn,
+            final=last_step,
+        )
+        x = out if carry is None else out[0]
+        return x if not snapshots else (x, trajectory)
 
     def denoise(self, x, sigma) -> jax.Array:
         """D(x~, sigma) = E[x_0 | x~], from the score at x = alpha x~ (Tweedie)."""
@@ -535,18 +554,10 @@ def edm(
         x = process.denoise(x, raised[-1])
         return x, x
 
-    prior = process.prior(key)
     xs = (raised[:-1], churn_scale[:-1], next_levels[:-1], process.alpha(next_levels[:-1]))
-    x, trajectory = scan_with_snapshots(
-        step,
-        prior,
-        (*(jnp.asarray(v, jnp.float32) for v in xs), noise_keys[:-1]),
-        num_steps=num_steps,
-        snapshots=snapshots,
-        prior=sde.prior_sample(key, shape),
-        final=last_step,
+    return process.run(
+        key, step, (*xs, noise_keys[:-1]), last_step, num_steps=num_steps, snapshots=snapshots
     )
-    return x if not snapshots else (x, trajectory)
 
 
 @register_sampler(
@@ -600,18 +611,16 @@ def dpm_solver_pp(
         x = process.denoise(carry[0], sigmas[-2])
         return (x, x), x
 
-    prior = process.prior(key)
     xs = (sigmas[:-2], ratio, weight, process.alpha(sigmas[1:-1]))
-    (x, _), trajectory = scan_with_snapshots(
+    return process.run(
+        key,
         step,
-        (prior, jnp.zeros_like(prior)),
-        tuple(jnp.asarray(v, jnp.float32) for v in xs),
+        xs,
+        last_step,
         num_steps=num_steps,
         snapshots=snapshots,
-        prior=sde.prior_sample(key, shape),
-        final=last_step,
+        carry=lambda prior: (prior, jnp.zeros_like(prior)),
     )
-    return x if not snapshots else (x, trajectory)
 
 
 def _check_ddim(c) -> None:
@@ -669,18 +678,8 @@ def ddim(
         x = process.denoise(x, sigmas[-2])
         return x, x
 
-    prior = process.prior(key)
-    xs = (levels, keep, up, process.alpha(next_levels))
-    x, trajectory = scan_with_snapshots(
-        step,
-        prior,
-        (*(jnp.asarray(v, jnp.float32) for v in xs), noise_keys),
-        num_steps=num_steps,
-        snapshots=snapshots,
-        prior=sde.prior_sample(key, shape),
-        final=last_step,
-    )
-    return x if not snapshots else (x, trajectory)
+    xs = (levels, keep, up, process.alpha(next_levels), noise_keys)
+    return process.run(key, step, xs, last_step, num_steps=num_steps, snapshots=snapshots)
 
 
 def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:
