@@ -25,15 +25,17 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and sam
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "sample", "eval", "plot"],
+    ["train", "sample", "eval", "plot", "inpaint", "edit", "interpolate"],
     "train: what config.task names (score model or feature classifier); sample: draw "
     "from the latest checkpoint (or --step); eval: sample-quality metrics (a classifier "
-    "run: its test accuracy); plot: redraw the loss curves from metrics.jsonl.",
+    "run: its test accuracy); plot: redraw the loss curves from metrics.jsonl; "
+    "inpaint, edit, interpolate: controllable generation from editing.source "
+    "(docs/editing.md).",
 )
 flags.DEFINE_integer(
     "step",
     None,
-    "--mode=sample and --mode=eval of a score model: the checkpoint to use, by training "
+    "--mode=sample, eval, inpaint, edit, interpolate: the checkpoint to use, by training "
     "step (see <workdir>/checkpoints/); the latest if unset.",
 )
 flags.DEFINE_bool(
@@ -93,10 +95,10 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
     task = config.task
     if task not in ("diffusion", "classifier"):
         raise UserError(f"unknown task {task!r}; choose one of ['classifier', 'diffusion']")
-    if step is not None and (task != "diffusion" or mode not in ("sample", "eval")):
+    if step is not None and (task != "diffusion" or mode in ("train", "plot")):
         what = f"--mode={mode}" if task == "diffusion" else "a classifier run"
         raise UserError(
-            f"--step chooses the checkpoint of a score model's --mode=sample or --mode=eval; "
+            "--step chooses the checkpoint of a score model to sample, evaluate or edit with; "
             f"{what} takes no --step"
         )
     if mode == "plot":
@@ -114,7 +116,7 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
         elif mode == "eval":
             print(classifier.test_accuracy_line(workdir, config))
         else:
-            raise UserError("a classifier run has nothing to sample; use --mode=train or eval")
+            raise UserError(f"a classifier run has nothing to {mode}; use --mode=train or eval")
     elif mode == "train":
         from jaxdiff.training import train_and_evaluate
 
@@ -123,6 +125,10 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
         from jaxdiff.pipeline import sample
 
         sample(config, workdir, step)
+    elif mode in ("inpaint", "edit", "interpolate"):
+        from jaxdiff import editing
+
+        editing.run(config, workdir, mode, step)
     else:
         from jaxdiff.evaluate import evaluate, summary_line
 

@@ -225,6 +225,29 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.bits_per_dim_steps = 100
     # InceptionV3 FID: path to pytorch-fid's weights (.pth with torch, or .npz); "" skips it.
     evaluation.inception_weights = ""
+
+    config.editing = editing = ml_collections.ConfigDict()
+    # --mode=inpaint|edit|interpolate (docs/editing.md); the sampler, prompt and
+    # guidance come from sampling.*.
+    # The images: a split of the run's dataset ("test[:16]") or PNG/JPEG files,
+    # directories or glob patterns, comma-separated.
+    editing.source = "test[:16]"
+    # inpaint: what to fill: lower_half, upper_half, left_half, right_half, center,
+    # random_pixels:<fraction removed>, or a PNG of the image size (white keeps).
+    editing.mask = "lower_half"
+    # inpaint: RePaint's resampling: each block of jump_length steps runs
+    # resample_steps times (1: none; NFE grows about resample_steps-fold).
+    editing.resample_steps = 1
+    editing.jump_length = 1
+    # edit: the time the images are noised to before sampling back, in (sampling.eps, 1]:
+    # low keeps the image, 1 is plain sampling.
+    editing.strength = 0.5
+    # interpolate: "images" (the source's images in pairs, through their ODE noises)
+    # or "classes" (the two classes of sampling.prompt at fixed noise, one row per
+    # sampling.samples_per_class).
+    editing.interpolate = "images"
+    # interpolate: images per pair or row, the ends included.
+    editing.num_interpolations = 8
     return config
 
 

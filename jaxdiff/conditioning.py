@@ -159,7 +159,8 @@ def guided_score_fn(
 
     Args:
       score_given_labels: (x, t, labels) -> score.
-      labels: (B,) class ids; entries equal to `null_label` sample unconditionally.
+      labels: (B,) class ids, entries equal to `null_label` sampling
+        unconditionally; or (B, null_label + 1) weights of the classes' embeddings.
       null_label: the null id.
       guidance_scale: w, a Python float (it decides the traced graph).
     """
@@ -167,11 +168,17 @@ def guided_score_fn(
         return lambda x, t: score_given_labels(x, t, labels)
     w = guidance_scale
 
+    # Class weights (B, num_classes + 1) mix the classes' embeddings; the null one is one-hot.
+    if labels.ndim == 2:
+        null = jnp.broadcast_to(
+            jax.nn.one_hot(null_label, labels.shape[1], dtype=labels.dtype), labels.shape
+        )
+    else:
+        null = jnp.full_like(labels, null_label)
+
     def score_fn(x, t):
         both = score_given_labels(
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
+            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null])
         )
         conditional, unconditional = jnp.split(both, 2)
         return (1.0 + w) * conditional - w * unconditional

@@ -263,6 +263,134 @@ class Pipeline:
             labels = np.full(count, -1, np.int32)
         return images, np.asarray(labels, np.int32), experiment
 
+    def inpaint(
+        self,
+        images: np.ndarray,
+        mask: np.ndarray,
+        prompt: str | Sequence[str | int] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        resample_steps: int = 1,
+        jump_length: int = 1,
+    ) -> np.ndarray:
+        """Fills the pixels of `images` where `mask` is 0 (`jaxdiff.editing`).
+
+        Args:
+          images: uint8 (N, H, W, C), as `sample` returns them.
+          mask: 1 keep, 0 fill: (H, W), (H, W, 1), (N, H, W) or (N, H, W, 1);
+            `jaxdiff.edit_inputs.make_masks` makes the named ones.
+          prompt: a conditional model's class for every image, or one per image.
+          sampler, steps, guidance_scale, seed: as for `sample`; every sampler
+            but dpm_solver++ can inpaint.
+          resample_steps, jump_length: RePaint's resampling (1: none).
+
+        Returns:
+          uint8 images: the kept pixels as given, the others filled.
+
+        Raises:
+          UserError: bad images or mask, a prompt for an unconditional model,
+            a sampler that cannot inpaint.
+        """
+        from jaxdiff import editing
+
+        return editing.inpaint(
+            self,
+            images,
+            mask,
+            prompt,
+            sampler,
+            steps,
+            guidance_scale,
+            seed,
+            resample_steps,
+            jump_length,
+        )
+
+    def edit(
+        self,
+        images: np.ndarray,
+        strength: float,
+        prompt: str | Sequence[str | int] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Image-to-image (SDEdit): `images` noised to time `strength`, then sampled back.
+
+        Low strength keeps the image, 1 forgets it (plain sampling from the
+        same seed); with a conditional model and a prompt the result moves
+        toward the prompted class. The sampler runs the part of its grid
+        below `strength`, so the cost falls with it.
+
+        Args:
+          images: uint8 (N, H, W, C).
+          strength: the start time, in (sampling.eps, 1].
+          prompt, sampler, steps, guidance_scale, seed: as for `inpaint`.
+
+        Returns:
+          uint8 images (N, H, W, C).
+        """
+        from jaxdiff import editing
+
+        return editing.edit(self, images, strength, prompt, sampler, steps, guidance_scale, seed)
+
+    def interpolate(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        num: int = 8,
+        prompt: str | Sequence[str | int] | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> np.ndarray:
+        """Images between a[i] and b[i]: ODE-encoded to noise, slerped, decoded.
+
+        Encoding runs the probability-flow ODE from the data up to t = 1
+        (`edm`'s grid without churn, `steps` levels); decoding is `edm`
+        without churn on the same grid, so the ends come back as a and b up
+        to the steps' error.
+
+        Args:
+          a, b: uint8 (N, H, W, C) each.
+          num: images per pair, the ends included.
+          prompt, steps, guidance_scale: as for `inpaint`.
+
+        Returns:
+          uint8 (N, num, H, W, C).
+        """
+        from jaxdiff import editing
+
+        return editing.interpolate(self, a, b, num, prompt, steps, guidance_scale)
+
+    def interpolate_classes(
+        self,
+        first: str | int,
+        second: str | int,
+        num: int = 8,
+        rows: int = 1,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """A conditional model's way from one class to another at fixed noise.
+
+        Each row keeps one noise draw and decodes it with `edm` without churn
+        under the condition (1 - f) embed(first) + f embed(second) for f from 0
+        to 1 (with guidance), so its ends are the two classes' samples from that
+        noise.
+
+        Returns:
+          uint8 (rows, num, H, W, C).
+        """
+        from jaxdiff import editing
+
+        return editing.interpolate_classes(
+            self, first, second, num, rows, steps, guidance_scale, seed
+        )
+
     def score(self, x: Any, t: Any, labels: Any = None) -> np.ndarray:
         """The model's score s(x, t) with the EMA parameters.
 

@@ -3,12 +3,14 @@
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import conditioning, data, latent, parallel, samplers
+from jaxdiff.common import ScoreFn
 from jaxdiff.compiler import jit
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
@@ -57,6 +59,40 @@ def trajectory_times(sampling_config, sde, frames: int) -> np.ndarray:
     return samplers.state_times(sampling_config, sde)[states]
 
 
+def sampling_score_fn(
+    experiment: Experiment,
+    params: Any,
+    labels: jax.Array | None,
+    guidance_scale: float,
+    sharding: jax.sharding.Sharding | None = None,
+) -> ScoreFn:
+    """The score a sampler follows; call inside jit.
+
+    Args:
+      experiment: the run.
+      params: the score model's parameters.
+      labels: None for an unconditional model; else (N,) class ids (the null
+        id: unconditional) or (N, num_classes + 1) class weights, guided by
+        `guidance_scale` (classifier-free guidance).
+      guidance_scale: w, a Python float.
+      sharding: if given, the sampler's state is pinned to it (XLA propagates the rest).
+    """
+    config = experiment.config
+
+    def score_given_labels(x, t, y):
+        return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(x, t)
+
+    if labels is None:
+        score_fn = lambda x, t: score_given_labels(x, t, None)  # noqa: E731
+    else:
+        score_fn = conditioning.guided_score_fn(
+            score_given_labels, labels, experiment.num_classes, guidance_scale
+        )
+    if sharding is None:
+        return score_fn
+    return lambda x, t: score_fn(jax.lax.with_sharding_constraint(x, sharding), t)
+
+
 def make_sample_fn(
     experiment: Experiment, latent_scale: float | None = None, trajectory_frames: int = 0
 ) -> Callable[..., jax.Array]:
@@ -87,22 +123,8 @@ def make_sample_fn(
 
     def draw(params, autoencoder_params, key_data):
         key = jax.random.wrap_key_data(key_data)
-
-        def score_given_labels(x, t, y):
-            return make_score_fn(experiment.model, params, experiment.sde, config.model, labels=y)(
-                x, t
-            )
-
-        if labels is None:
-            score_fn = lambda x, t: score_given_labels(x, t, None)  # noqa: E731
-        else:
-            score_fn = conditioning.guided_score_fn(
-                score_given_labels, jnp.asarray(labels), experiment.num_classes, guidance_scale
-            )
-
-        def sharded_score_fn(x, t):
-            # Pins the sampler's carry to the batch sharding; XLA propagates the rest.
-            return score_fn(jax.lax.with_sharding_constraint(x, sharding), t)
+        labels_ = None if labels is None else jnp.asarray(labels)
+        sharded_score_fn = sampling_score_fn(experiment, params, labels_, guidance_scale, sharding)
 
         def to_images(x):
             if experiment.autoencoder is not None:

@@ -28,6 +28,7 @@ snapshots write to the spare last slot), so memory is F samples, not num_steps.
 Without snapshots the scan is exactly the plain one.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -54,6 +55,7 @@ def register_sampler(
     state_times: Callable[..., np.ndarray],
     fields: tuple[str, ...] = (),
     check: Callable[..., None] | None = None,
+    no_inpainting: str = "",
 ) -> Callable:
     """A decorator that adds a sampler to SAMPLERS with all that the project asks of it.
 
@@ -71,8 +73,14 @@ def register_sampler(
         Both get the config with num_steps resolved (`with_steps`).
       fields: the sampling.* fields it reads beyond num_steps and eps.
       check: sampling_config -> None, raising UserError for settings it cannot take.
+      no_inpainting: why it cannot take a `Control` with a mask (empty: it can).
     """
-    extras = {"default_steps": default_steps, "nfe": nfe, "state_times": state_times}
+    extras = {
+        "default_steps": default_steps,
+        "nfe": nfe,
+        "state_times": state_times,
+        "no_inpainting": no_inpainting,
+    }
     if check is not None:
         extras["check"] = check
     return SAMPLERS.register(name, fields=fields, **extras)
@@ -157,6 +165,226 @@ def scan_with_snapshots(step, carry, xs, *, num_steps, snapshots, prior, final=N
     return carry, buffer[:snapshots]
 
 
+# ---------------------------------------------------------------------------
+# Control: inpainting and image-to-image editing (`jaxdiff.editing`) inside any sampler.
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """What inpainting and image-to-image editing ask of a sampler, beyond plain sampling.
+
+    Attributes:
+      source: x_0 in the model's space, shaped as the samples: the images to
+        complete (with `mask`) or to edit (with `start_time` < 1); None to
+        start from `noise` alone.
+      mask: 1 where `source` is kept, 0 where the sampler fills, broadcastable
+        to the samples; None to edit without one. After every step the kept
+        pixels are replaced by `source` noised to the new state's level (the
+        replacement method of Song et al. 2021).
+      start_time: where the reverse process starts: `source` noised by the
+        forward kernel to this time (SDEdit, Meng et al. 2022), then the part
+        of the sampler's own grid below it. 1 starts from the prior draw, as
+        plain sampling does.
+      resample_steps: RePaint's resampling (Lugmayr et al. 2022), with a mask:
+        each block of `jump_length` steps is run this many times, the state
+        noised back up to the block's start in between (1: no resampling).
+      jump_length: steps per resampled block.
+      noise: the standard normal draw z the start uses (the prior draw is
+        prior_std z; a started one alpha source + std z), instead of one drawn
+        from the key: how interpolation decodes chosen noise.
+    """
+
+    source: jax.Array | None = None
+    mask: jax.Array | None = None
+    start_time: float = 1.0
+    resample_steps: int = 1
+    jump_length: int = 1
+    noise: jax.Array | None = None
+
+
+def check_control(
+    sampling_config,
+    *,
+    masked: bool,
+    start_time: float = 1.0,
+    resample_steps: int = 1,
+    jump_length: int = 1,
+) -> None:
+    """Refuses a `Control` the configured sampler cannot run, with one line.
+
+    Raises:
+      UserError: an unknown sampler, a sampler that cannot inpaint (with a
+        mask), a start time outside (sampling.eps, 1], resampling without a
+        mask or with counts below 1.
+    """
+    entry = SAMPLERS.get(sampling_config.sampler)
+    if masked and entry.extras["no_inpainting"]:
+        can = sorted(name for name in SAMPLERS if not SAMPLERS.get(name).extras["no_inpainting"])
+        raise UserError(
+            f"sampling.sampler {entry.name!r} cannot inpaint: {entry.extras['no_inpainting']}; "
+            f"choose one of {', '.join(can)}"
+        )
+    if not sampling_config.eps < start_time <= 1.0:
+        raise UserError(
+            f"editing.strength must be in (sampling.eps = {sampling_config.eps:g}, 1], "
+            f"got {start_time:g}"
+        )
+    if resample_steps < 1 or jump_length < 1:
+        raise UserError(
+            f"editing.resample_steps and jump_length must be >= 1, got {resample_steps} "
+            f"and {jump_length}"
+        )
+    if resample_steps > 1 and not masked:
+        raise UserError("editing.resample_steps > 1 resamples around a mask: inpainting only")
+
+
+def repaint_schedule(
+    num_steps: int, resampled: int, resample_steps: int, jump_length: int
+) -> np.ndarray:
+    """The moves of a resampled run, as (from_state, to_state) rows: down a step, or up a jump.
+
+    States 0..num_steps are a sampler's (0: the start). The first `resampled`
+    steps go in blocks of `jump_length`; each block is run `resample_steps`
+    times, the state noised back up from the block's end to its start in
+    between (RePaint's schedule); the remaining steps run once.
+    """
+    moves = []
+    for start in range(0, resampled, jump_length):
+        end = min(start + jump_length, resampled)
+        for repeat in range(resample_steps):
+            moves += [(i, i + 1) for i in range(start, end)]
+            if repeat < resample_steps - 1:
+                moves.append((end, start))
+    moves += [(i, i + 1) for i in range(resampled, num_steps)]
+    return np.asarray(moves, np.int32).reshape(-1, 2)
+
+
+def _start_grid(grid: np.ndarray, start: float | None) -> np.ndarray:
+    """A decreasing grid's part below `start`, with `start` first (all of it if start is None)."""
+    if start is None or start >= grid[0]:
+        return grid
+    return np.concatenate([[start], grid[grid < start]])
+
+
+def _start_time(control: Control | None) -> float | None:
+    return None if control is None or control.start_time >= 1.0 else control.start_time
+
+
+def _initial_state(key, sde: SDE, shape, control: Control | None) -> jax.Array:
+    """The prior draw, or the source noised to the control's start time (the same normal draw)."""
+    start = _start_time(control)
+    given = None if control is None else control.noise
+    # Without one: what sde.prior_sample(key, shape) draws.
+    z = jax.random.normal(key, shape) if given is None else given
+    if start is None:
+        return sde.prior_std * z
+    t = jnp.float32(start)
+    return sde.mean_coeff(t) * control.source + sde.marginal_std(t) * z
+
+
+class _TimeSpace:
+    """Sampler states x at diffusion time t (the time samplers)."""
+
+    def __init__(self, sde: SDE):
+        self.sde = sde
+
+    def known(self, source, level, z):
+        t = jnp.maximum(level, 0.0)  # Euler-Maruyama's last state is at eps - dt <= 0.
+        return self.sde.mean_coeff(t) * source + self.sde.marginal_std(t) * z
+
+    def renoise(self, x, level, up_to, z):
+        a, v = self.sde.transition(jnp.maximum(level, 0.0), up_to)
+        return a * x + jnp.sqrt(v) * z
+
+
+class _NoiseLevelSpace:
+    """Sampler states x~ = x / alpha = x_0 + sigma z at noise level sigma."""
+
+    def known(self, source, level, z):
+        return source + level * z
+
+    def renoise(self, x, level, up_to, z):
+        return x + jnp.sqrt(up_to**2 - level**2) * z
+
+
+def scan_with_control(
+    step,
+    carry,
+    xs,
+    *,
+    num_steps,
+    snapshots,
+    prior,
+    final=None,
+    control: Control | None = None,
+    key=None,
+    levels=None,
+    space=None,
+    get_x=lambda carry: carry,
+    set_x=lambda carry, x: x,
+):
+    """`scan_with_snapshots`, or with a masked `control`, the inpainting loop.
+
+    The inpainting loop runs the moves of `repaint_schedule` (without
+    resampling: the steps themselves); after each one the kept pixels of the
+    state are replaced by the source noised to the state's level. `levels`:
+    the level (time, or noise level) of each of the scanned states;
+    `space`: how states at a level are noised (`_TimeSpace`, `_NoiseLevelSpace`);
+    `get_x`/`set_x`: the state in the carry. Steps that end at level <= 0
+    (the last of Euler-Maruyama and PC) are not resampled.
+    """
+    if control is None or control.mask is None:
+        return scan_with_snapshots(
+            step,
+            carry,
+            xs,
+            num_steps=num_steps,
+            snapshots=snapshots,
+            prior=prior,
+            final=final,
+        )
+    if snapshots:
+        raise ValueError("inpainting keeps no snapshots")
+    scanned = num_steps - (final is not None)
+    levels = np.asarray(levels, np.float64)
+    resampled = int(np.sum(levels[1 : scanned + 1] > 0))
+    moves = repaint_schedule(scanned, resampled, control.resample_steps, control.jump_length)
+    start, end = moves[:, 0], moves[:, 1]
+    jumps = end < start
+    # A step run again must draw new noise: key leaves of xs get one key per move.
+    leaves, tree = jax.tree.flatten(xs)
+    index = np.where(jumps, 0, start)
+    leaves = [
+        jax.random.split(jax.random.fold_in(key, 1 + i), len(moves))
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        else leaf[index]
+        for i, leaf in enumerate(leaves)
+    ]
+    inner = jax.tree.unflatten(tree, leaves)
+    mask, source = control.mask, control.source
+    shape = prior.shape
+
+    def move(carry, inputs):
+        inner, jump, level, new_level, move_key = inputs
+        noise_key, known_key = jax.random.split(move_key)
+
+        def down(carry):
+            return step(carry, inner)[0]
+
+        def up(carry):
+            z = jax.random.normal(noise_key, shape)
+            return set_x(carry, space.renoise(get_x(carry), level, new_level, z))
+
+        carry = jax.lax.cond(jump, up, down, carry) if jumps.any() else down(carry)
+        known = space.known(source, new_level, jax.random.normal(known_key, shape))
+        return set_x(carry, mask * known + (1.0 - mask) * get_x(carry)), None
+
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    inputs = (inner, jnp.asarray(jumps), f32(levels[start]), f32(levels[end]))
+    carry, _ = jax.lax.scan(move, carry, (*inputs, jax.random.split(key, len(moves))))
+    return (carry if final is None else final(carry)[0]), None
+
+
 def _batch_times(t, shape):
     return jnp.full((shape[0],), t)
 
@@ -186,6 +414,7 @@ def euler_maruyama(
     num_steps: int,
     eps: float,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The seed's Euler-Maruyama sampler for the reverse SDE.
 
@@ -194,26 +423,36 @@ def euler_maruyama(
     (no noise is added at the end). NFE = num_steps.
     """
     init_key, key = jax.random.split(key)
-    ts = jnp.linspace(1.0, eps, num_steps)
-    dt = ts[0] - ts[1]
+    grid = np.linspace(1.0, eps, num_steps)
+    ts = _start_grid(grid, _start_time(control))
+    # Each step ends at the next time; the last at eps - dt (a started grid's first step is
+    # shorter).
+    ends = np.append(ts[1:], eps - (grid[0] - grid[1]))
 
     def step(carry, inputs):
         x, _ = carry
-        t, step_key = inputs
+        t, dt, step_key = inputs
         tb = _batch_times(t, shape)
         x_mean = x - sde.reverse_drift(x, tb, score_fn(x, tb)) * dt
         noise = jax.random.normal(step_key, shape)
         x = x_mean + per_example(sde.diffusion(tb), x) * jnp.sqrt(dt) * noise
         return (x, x_mean), x_mean
 
-    x = sde.prior_sample(init_key, shape)
-    (_, x_mean), trajectory = scan_with_snapshots(
+    x = _initial_state(init_key, sde, shape, control)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    (_, x_mean), trajectory = scan_with_control(
         step,
         (x, x),
-        (ts, jax.random.split(key, num_steps)),
-        num_steps=num_steps,
+        (f32(ts), f32(ts - ends), jax.random.split(key, len(ts))),
+        num_steps=len(ts),
         snapshots=snapshots,
         prior=x,
+        control=control,
+        key=jax.random.fold_in(key, 3),
+        levels=np.append(ts, ends[-1]),
+        space=_TimeSpace(sde),
+        get_x=lambda carry: carry[0],
+        set_x=lambda carry, x: (x, carry[1]),
     )
     return x_mean if not snapshots else (x_mean, trajectory)
 
@@ -296,6 +535,7 @@ def predictor_corrector(
     snr: float,
     corrector_steps: int,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Predictor-corrector sampling (Song et al. 2021).
 
@@ -305,8 +545,8 @@ def predictor_corrector(
     """
     predictor_fn = PREDICTORS[predictor]
     init_key, key = jax.random.split(key)
-    ts = jnp.linspace(1.0, eps, num_steps)
-    next_ts = jnp.concatenate([ts[1:], jnp.zeros(1)])
+    ts = _start_grid(np.linspace(1.0, eps, num_steps), _start_time(control))
+    next_ts = np.append(ts[1:], 0.0)
 
     def step(carry, inputs):
         x, _ = carry
@@ -318,15 +558,22 @@ def predictor_corrector(
         x, x_mean = predictor_fn(keys[-1], score_fn, sde, x, tb, sb)
         return (x, x_mean), x_mean
 
-    x = sde.prior_sample(init_key, shape)
-    xs = (ts, next_ts, jax.random.split(key, num_steps))
-    (_, x_mean), trajectory = scan_with_snapshots(
+    x = _initial_state(init_key, sde, shape, control)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    xs = (f32(ts), f32(next_ts), jax.random.split(key, len(ts)))
+    (_, x_mean), trajectory = scan_with_control(
         step,
         (x, x),
         xs,
-        num_steps=num_steps,
+        num_steps=len(ts),
         snapshots=snapshots,
         prior=x,
+        control=control,
+        key=jax.random.fold_in(key, 3),
+        levels=np.append(ts, 0.0),
+        space=_TimeSpace(sde),
+        get_x=lambda carry: carry[0],
+        set_x=lambda carry, x: (x, carry[1]),
     )
     return x_mean if not snapshots else (x_mean, trajectory)
 
@@ -348,6 +595,7 @@ def probability_flow_ode(
     num_steps: int,
     eps: float,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Deterministic sampling: Heun's method on the probability-flow ODE from t=1 to eps.
 
@@ -356,7 +604,7 @@ def probability_flow_ode(
     image). Only the prior draw, `sde.prior_sample(key, shape)`, is random.
     NFE = 2 * num_steps + 1.
     """
-    ts = jnp.linspace(1.0, eps, num_steps + 1)
+    ts = _start_grid(np.linspace(1.0, eps, num_steps + 1), _start_time(control))
 
     def velocity(x, t):
         tb = _batch_times(t, shape)
@@ -377,15 +625,20 @@ def probability_flow_ode(
 
     # The last Heun step and the denoising are both the last step (one state, t = 0).
     last_heun = lambda x: denoise(step(x, (ts[-2], ts[-1]))[0])  # noqa: E731
-    prior = sde.prior_sample(key, shape)
-    x, trajectory = scan_with_snapshots(
+    prior = _initial_state(key, sde, shape, control)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    x, trajectory = scan_with_control(
         step,
         prior,
-        (ts[:-2], ts[1:-1]),
-        num_steps=num_steps,
+        (f32(ts[:-2]), f32(ts[1:-1])),
+        num_steps=len(ts) - 1,
         snapshots=snapshots,
         prior=prior,
         final=last_heun,
+        control=control,
+        key=jax.random.fold_in(key, 3),
+        levels=ts,
+        space=_TimeSpace(sde),
     )
     return x if not snapshots else (x, trajectory)
 
@@ -448,25 +701,44 @@ class _NoiseLevelProcess:
         with jax.ensure_compile_time_eval():
             return np.asarray(self.sde.mean_coeff(self.time(jnp.asarray(sigma, jnp.float32))))
 
-    def run(self, key, step, xs, last_step, *, num_steps, snapshots, carry=None):
+    def levels(self, num_steps, eps, noise_schedule, rho, control) -> np.ndarray:
+        """The sampler's `noise_levels`; with a control's start time, the part below its level."""
+        sigmas = noise_levels(self.sde, num_steps, eps, noise_schedule, rho)
+        start = _start_time(control)
+        if start is None:
+            return sigmas
+        with jax.ensure_compile_time_eval():
+            start_level = float(self.sde.noise_level(jnp.float32(start)))
+        return _start_grid(sigmas, start_level)
+
+    def run(self, key, step, xs, last_step, *, levels, snapshots, control, carry=None):
         """The sampler's scan from the prior draw; returns what the sampler returns.
 
-        x~ starts at the SDE's prior draw `sde.prior_sample(key, shape)` divided by
-        alpha(1) (the draw itself is the first snapshot). `xs`: per-step arrays,
-        numpy ones becoming float32 constants; `carry(x~)`, if given, is the
-        scan's initial carry, and the final carry's first item is the sample.
+        x~ starts at the SDE's prior draw `sde.prior_sample(key, shape)` (or a
+        control's noised source) divided by alpha (the draw itself is the first
+        snapshot). `levels`: the sampler's noise levels, ending at 0. `xs`:
+        per-step arrays, numpy ones becoming float32 constants; `carry(x~)`, if
+        given, is the scan's initial carry, and the final carry's first item is
+        the sample.
         """
-        drawn = self.sde.prior_sample(key, self.shape)
-        prior = drawn / self.sde.mean_coeff(jnp.float32(1.0))
+        drawn = _initial_state(key, self.sde, self.shape, control)
+        start = _start_time(control)
+        prior = drawn / self.sde.mean_coeff(jnp.float32(1.0 if start is None else start))
         xs = tuple(jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v for v in xs)
-        out, trajectory = scan_with_snapshots(
+        out, trajectory = scan_with_control(
             step,
             prior if carry is None else carry(prior),
             xs,
-            num_steps=num_steps,
+            num_steps=len(levels) - 1,
             snapshots=snapshots,
             prior=drawn,
             final=last_step,
+            control=control,
+            key=jax.random.fold_in(key, 3),
+            levels=levels,
+            space=_NoiseLevelSpace(),
+            get_x=(lambda carry: carry) if carry is None else (lambda carry: carry[0]),
+            set_x=(lambda carry, x: x) if carry is None else (lambda carry, x: (x, *carry[1:])),
         )
         x = out if carry is None else out[0]
         return x if not snapshots else (x, trajectory)
@@ -512,6 +784,7 @@ def edm(
     s_tmax: float,
     s_noise: float,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """EDM's sampler (Karras et al. 2022, Algorithm 2): Heun steps in sigma, the last one Euler.
 
@@ -525,7 +798,7 @@ def edm(
     draw `sde.prior_sample(key, shape)`. NFE = 2 num_steps - 1.
     """
     process = _NoiseLevelProcess(score_fn, sde, shape)
-    sigmas = noise_levels(sde, num_steps, eps, noise_schedule, rho)
+    sigmas = process.levels(num_steps, eps, noise_schedule, rho, control)
     levels, next_levels = sigmas[:-1], sigmas[1:]
     churned = (levels >= s_tmin) & (levels <= s_tmax)
     gamma = np.where(churned, min(s_churn / num_steps, np.sqrt(2.0) - 1.0), 0.0)
@@ -533,7 +806,7 @@ def edm(
     # The churn noise's scale, in float64 here: under jit, XLA's float32 of
     # raised^2 - levels^2 can come out below 0 where they are equal.
     churn_scale = s_noise * np.sqrt(raised**2 - levels**2)
-    noise_keys = jax.random.split(jax.random.fold_in(key, 1), num_steps)
+    noise_keys = jax.random.split(jax.random.fold_in(key, 1), len(levels))
 
     def churn(x, scale, noise_key):
         if not s_churn:
@@ -556,14 +829,55 @@ def edm(
 
     xs = (raised[:-1], churn_scale[:-1], next_levels[:-1], process.alpha(next_levels[:-1]))
     return process.run(
-        key, step, (*xs, noise_keys[:-1]), last_step, num_steps=num_steps, snapshots=snapshots
+        key,
+        step,
+        (*xs, noise_keys[:-1]),
+        last_step,
+        levels=sigmas,
+        snapshots=snapshots,
+        control=control,
     )
+
+
+def probability_flow_encode(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x0: jax.Array,
+    *,
+    num_steps: int,
+    eps: float,
+    noise_schedule: str,
+    rho: float,
+) -> jax.Array:
+    """Data -> noise along the probability-flow ODE: `edm`'s grid run upward, without churn.
+
+    x0 is taken as x~ at the lowest level sigma(eps), then Heun steps in sigma
+    up the `noise_levels` to sigma(1). Returns the standard normal draw z whose
+    prior draw prior_std z the `edm` sampler without churn, with the same
+    settings, takes back to x0 (up to the steps' error): pass it as
+    `Control(noise=z)`. NFE = 2 (num_steps - 1).
+    """
+    process = _NoiseLevelProcess(score_fn, sde, x0.shape)
+    levels = noise_levels(sde, num_steps, eps, noise_schedule, rho)[:-1][::-1]
+
+    def step(x, inputs):
+        sigma, sigma_next = inputs
+        d = (x - process.denoise(x, sigma)) / sigma
+        x_euler = x + (sigma_next - sigma) * d
+        d_next = (x_euler - process.denoise(x_euler, sigma_next)) / sigma_next
+        return x + (sigma_next - sigma) * 0.5 * (d + d_next), None
+
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    x, _ = jax.lax.scan(step, x0, (f32(levels[:-1]), f32(levels[1:])))
+    return x * sde.mean_coeff(jnp.float32(1.0)) / sde.prior_std
 
 
 @register_sampler(
     "dpm_solver++",
     default_steps=20,
     fields=_NOISE_LEVEL_FIELDS,
+    no_inpainting="its multistep update extrapolates from the previous step's denoised "
+    "estimate, which the replaced pixels invalidate",
     nfe=lambda c: c.num_steps,
     state_times=_noise_level_times,
     check=_check_noise_levels,
@@ -579,6 +893,7 @@ def dpm_solver_pp(
     noise_schedule: str,
     rho: float,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR, data prediction.
 
@@ -591,7 +906,7 @@ def dpm_solver_pp(
     NFE = num_steps.
     """
     process = _NoiseLevelProcess(score_fn, sde, shape)
-    sigmas = noise_levels(sde, num_steps, eps, noise_schedule, rho)
+    sigmas = process.levels(num_steps, eps, noise_schedule, rho, control)
     log_levels = np.log(sigmas[:-1])
     ratio = sigmas[1:-1] / sigmas[:-2]
     h = log_levels[:-1] - log_levels[1:]  # h_i = lambda_{i+1} - lambda_i, i < N - 1.
@@ -617,8 +932,9 @@ def dpm_solver_pp(
         step,
         xs,
         last_step,
-        num_steps=num_steps,
+        levels=sigmas,
         snapshots=snapshots,
+        control=control,
         carry=lambda prior: (prior, jnp.zeros_like(prior)),
     )
 
@@ -649,6 +965,7 @@ def ddim(
     rho: float,
     eta: float,
     snapshots: int = 0,
+    control: Control | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """DDIM (Song et al. 2021) on x~ = x / alpha: first order, one evaluation per step.
 
@@ -660,11 +977,11 @@ def ddim(
     is x~ = D. NFE = num_steps.
     """
     process = _NoiseLevelProcess(score_fn, sde, shape)
-    sigmas = noise_levels(sde, num_steps, eps, noise_schedule, rho)
+    sigmas = process.levels(num_steps, eps, noise_schedule, rho, control)
     levels, next_levels = sigmas[:-2], sigmas[1:-1]
     up = eta * next_levels * np.sqrt(1.0 - (next_levels / levels) ** 2)
     keep = np.sqrt(next_levels**2 - up**2) / levels
-    noise_keys = jax.random.split(jax.random.fold_in(key, 1), num_steps - 1)
+    noise_keys = jax.random.split(jax.random.fold_in(key, 1), len(levels))
 
     def step(x, inputs):
         sigma, keep, up, alpha_next, noise_key = inputs
@@ -679,7 +996,9 @@ def ddim(
         return x, x
 
     xs = (levels, keep, up, process.alpha(next_levels), noise_keys)
-    return process.run(key, step, xs, last_step, num_steps=num_steps, snapshots=snapshots)
+    return process.run(
+        key, step, xs, last_step, levels=sigmas, snapshots=snapshots, control=control
+    )
 
 
 def create_sampler(sampling_config, snapshots: int = 0) -> Sampler:

@@ -190,8 +190,14 @@ class ClassContext(nn.Module):
 
     @nn.compact
     def __call__(self, labels: jax.Array) -> jax.Array:
+        """(B,) class ids, or (B, num_classes + 1) weights of the classes' embeddings (mixtures,
+        for interpolating between conditions) -> (B, num_tokens, features) tokens."""
         embed = nn.Embed(self.num_classes + 1, self.num_tokens * self.features, dtype=self.dtype)
-        return embed(labels).reshape(labels.shape[0], self.num_tokens, self.features)
+        if labels.ndim == 2:
+            tokens = labels.astype(self.dtype) @ embed(jnp.arange(self.num_classes + 1))
+        else:
+            tokens = embed(labels)
+        return tokens.reshape(labels.shape[0], self.num_tokens, self.features)
 
 
 def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:

@@ -35,8 +35,11 @@ class ConditioningMixin:
         """Condition tokens of the labels, or None for an unconditional net."""
         if not self.num_classes:
             return None
-        if labels is None or labels.shape != (batch,):
-            raise ValueError(f"a conditional net needs labels of shape ({batch},)")
+        if labels is None or labels.shape not in ((batch,), (batch, self.num_classes + 1)):
+            raise ValueError(
+                f"a conditional net needs labels of shape ({batch},) or class weights "
+                f"({batch}, {self.num_classes + 1})"
+            )
         return ClassContext(
             self.num_classes, self.context_tokens, self.context_dim, self.dtype, name="context"
         )(labels)
