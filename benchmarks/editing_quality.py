@@ -26,6 +26,7 @@ import jaxdiff
 from jaxdiff import data
 from jaxdiff.classifier import load_classifier
 from jaxdiff.edit_inputs import make_masks
+from jaxdiff.pipeline import read_config
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--classifier", required=True, help="workdir of the feature classifier")
     parser.add_argument("--num", type=int, default=1000, help="test images")
     parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--sampler", default="edm", help="with its default steps")
     parser.add_argument("--resample_steps", type=int, default=5)
     parser.add_argument("--jump_length", type=int, default=1)
     parser.add_argument(
@@ -42,7 +44,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    uncond, cond = jaxdiff.load(args.uncond), jaxdiff.load(args.cond)
+    def load(workdir):
+        config = read_config(workdir)
+        # The sampler with its own steps (num_steps = 0), whatever the run was trained with.
+        config.sampling.sampler, config.sampling.num_steps = args.sampler, 0
+        return jaxdiff.load(workdir, config=config)
+
+    uncond, cond = load(args.uncond), load(args.cond)
     classifier = load_classifier(args.classifier)
     c = uncond.config.data
     images, labels = data.load_split(c.dataset, f"test[:{args.num}]", c.data_dir, c.download)
@@ -101,6 +109,19 @@ def main() -> None:
         others,
         lambda x, y: cond.inpaint(x, masks[: len(x)], prompt=list(y), guidance_scale=w),
         nfe,
+    )
+    row(
+        f"conditional run, inpaint toward another class, w={w:g}, resample {r} jump {j}",
+        others,
+        lambda x, y: cond.inpaint(
+            x,
+            masks[: len(x)],
+            prompt=list(y),
+            guidance_scale=w,
+            resample_steps=r,
+            jump_length=j,
+        ),
+        None,
     )
     for strength in (0.3, 0.5, 0.7):
         row(

@@ -227,14 +227,17 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.inception_weights = ""
 
     config.editing = editing = ml_collections.ConfigDict()
-    # --mode=inpaint|edit|interpolate (docs/editing.md); the sampler, prompt and
-    # guidance come from sampling.*.
+    # --mode=inpaint|edit|interpolate (docs/editing.md); the sampler, its steps and
+    # the guidance scale come from sampling.*.
     # The images: a split of the run's dataset ("test[:16]") or PNG/JPEG files,
     # directories or glob patterns, comma-separated.
     editing.source = "test[:16]"
     # inpaint: what to fill: lower_half, upper_half, left_half, right_half, center,
     # random_pixels:<fraction removed>, or a PNG of the image size (white keeps).
     editing.mask = "lower_half"
+    # A conditional model's class for every image ("3"), or one per image ("3,8,..."):
+    # inpaint and edit toward it; interpolate=classes: the two classes. "": none.
+    editing.prompt = ""
     # inpaint: RePaint's resampling: each block of jump_length steps runs
     # resample_steps times (1: none; NFE grows about resample_steps-fold).
     editing.resample_steps = 1
@@ -243,7 +246,7 @@ def get_config() -> ml_collections.ConfigDict:
     # low keeps the image, 1 is plain sampling.
     editing.strength = 0.5
     # interpolate: "images" (the source's images in pairs, through their ODE noises)
-    # or "classes" (the two classes of sampling.prompt at fixed noise, one row per
+    # or "classes" (the two classes of editing.prompt at fixed noise, one row per
     # sampling.samples_per_class).
     editing.interpolate = "images"
     # interpolate: images per pair or row, the ends included.

@@ -4,7 +4,7 @@ Masks are float32 (N, H, W, 1) with 1 = keep (the pixel is known) and 0 = fill
 (the sampler generates it). They come from a name (`lower_half`, `center`,
 `random_pixels:0.5`, ...) or a PNG; sources come from a split of the run's
 dataset or from image files. Every mistake is a one-line `UserError` that names
-the config field, so `--mode=inpaint` fails before it loads a checkpoint.
+the config field.
 """
 
 import glob

@@ -54,6 +54,11 @@ GRID_MAX_IMAGES = 64
 HOLE_GREY = 128
 
 
+def _prompt(prompt: Prompt) -> str | Sequence[str | int]:
+    """An edit's prompt: None is none (not the run's sampling.prompt, often "all")."""
+    return "" if prompt is None else prompt
+
+
 def _labels(pipeline, experiment: Experiment, num: int) -> np.ndarray | None:
     """Each image's class for the score: None (unconditional model), the prompt's, or null ids.
 
@@ -66,8 +71,8 @@ def _labels(pipeline, experiment: Experiment, num: int) -> np.ndarray | None:
         return np.full(num, experiment.num_classes, np.int32)
     if len(prompted) not in (1, num):
         raise UserError(
-            f"sampling.prompt names {len(prompted)} classes for {num} images: give one class "
-            "for all of them or one per image"
+            f"the prompt names {len(prompted)} classes for {num} images: give one class "
+            "for all of them or one per image (editing.prompt)"
         )
     return np.resize(np.asarray(prompted, np.int32), num)
 
@@ -86,6 +91,14 @@ def _model_mask(pipeline, masks: np.ndarray) -> np.ndarray:
     return edit_inputs.latent_mask(masks, height, width)
 
 
+def _program_settings(sampling_config) -> str:
+    """The sampling settings that decide a compiled edit (the labels are an argument)."""
+    settings = json.loads(sampling_config.to_json())
+    for field in ("prompt", "num_samples", "samples_per_class"):
+        settings.pop(field, None)
+    return json.dumps(settings, sort_keys=True)
+
+
 def _controlled_fn(pipeline, experiment: Experiment, statics: dict[str, Any]):
     """Jits (params, autoencoder params, source, mask, noise, labels, key data) -> uint8 images.
 
@@ -94,7 +107,7 @@ def _controlled_fn(pipeline, experiment: Experiment, statics: dict[str, Any]):
     once per pipeline and settings.
     """
     config = experiment.config
-    cache_key = ("control", config.sampling.to_json(), json.dumps(statics, sort_keys=True))
+    cache_key = ("control", _program_settings(config.sampling), json.dumps(statics, sort_keys=True))
     if cache_key in pipeline._sample_fns:
         return pipeline._sample_fns[cache_key]
     sampler = samplers.create_sampler(config.sampling)
@@ -116,6 +129,8 @@ def _controlled_fn(pipeline, experiment: Experiment, statics: dict[str, Any]):
         )
         key = jax.random.wrap_key_data(key_data)
         x = sampler(key, score_fn, experiment.sde, like.shape, control=control)
+        if mask is not None:  # The kept part exactly (Euler-Maruyama's last mean is not replaced).
+            x = mask * source + (1.0 - mask) * x
         if experiment.autoencoder is not None:
             return latent.decode(experiment, autoencoder_params, x / pipeline.latent_scale)
         return data.to_uint8(x, config.data.centered)
@@ -165,7 +180,7 @@ def inpaint(
     jump_length: int = 1,
 ) -> np.ndarray:
     """`Pipeline.inpaint`: fills the pixels where `mask` is 0; see there."""
-    experiment = pipeline.sampling_experiment(None, prompt, sampler, steps, guidance_scale)
+    experiment = pipeline.sampling_experiment(None, _prompt(prompt), sampler, steps, guidance_scale)
     image_shape = experiment.image_shape
     images = edit_inputs.check_images(images, image_shape)
     masks = edit_inputs.check_masks(mask, len(images), *image_shape[:2])
@@ -200,7 +215,7 @@ def edit(
     seed: int | None = None,
 ) -> np.ndarray:
     """`Pipeline.edit`: SDEdit from `images` at time `strength`; see there."""
-    experiment = pipeline.sampling_experiment(None, prompt, sampler, steps, guidance_scale)
+    experiment = pipeline.sampling_experiment(None, _prompt(prompt), sampler, steps, guidance_scale)
     images = edit_inputs.check_images(images, experiment.image_shape)
     samplers.check_control(experiment.config.sampling, masked=False, start_time=float(strength))
     source = _to_model_space(pipeline, images)
@@ -235,7 +250,7 @@ def noised_inputs(pipeline, images: np.ndarray, strength: float, seed: int | Non
 
 def _interpolation_experiment(pipeline, prompt, steps, guidance_scale) -> Experiment:
     """The run's experiment with the deterministic `edm` (no churn) that interpolation uses."""
-    experiment = pipeline.sampling_experiment(None, prompt, "edm", steps, guidance_scale)
+    experiment = pipeline.sampling_experiment(None, _prompt(prompt), "edm", steps, guidance_scale)
     if experiment.config.sampling.s_churn == 0:
         return experiment
     config = experiment.config.copy_and_resolve_references()
@@ -297,7 +312,7 @@ def encode_to_noise(
     """uint8 images -> the standard normal draws that `edm` (no churn) decodes back to them."""
     s = samplers.with_steps(experiment.config.sampling)
     guidance = s.guidance_scale if experiment.prompt_labels else 0.0
-    cache_key = ("encode", s.to_json(), guidance, labels is None)
+    cache_key = ("encode", _program_settings(s), guidance, labels is None)
     if cache_key not in pipeline._sample_fns:
 
         def run(params, source, labels):
@@ -360,13 +375,19 @@ def _stem(pipeline, mode: str, config: ml_collections.ConfigDict) -> str:
     else:
         parts.append(s.sampler)
     if mode == "inpaint":
-        parts.append(os.path.splitext(os.path.basename(e.mask))[0].replace(":", ""))
+        # A PNG mask by its name without the extension; a named mask whole
+        # (splitext would cut random_pixels:0.25 to random_pixels:0).
+        mask = os.path.basename(e.mask.strip())
+        if os.path.isfile(os.path.expanduser(e.mask.strip())):
+            mask = os.path.splitext(mask)[0]
+        parts.append(mask.replace(":", ""))
         if e.resample_steps > 1:
             parts.append(f"r{e.resample_steps}j{e.jump_length}")
     if mode == "edit":
         parts.append(f"s{e.strength:g}")
-    if s.prompt.strip():
-        parts += [f"w{s.guidance_scale:g}", "-".join(s.prompt.replace(" ", "").split(","))]
+    if e.prompt.strip():
+        classes = e.prompt.replace(" ", "").split(",")
+        parts += [f"w{s.guidance_scale:g}", "-".join(classes) if len(classes) <= 4 else "per-image"]
     return os.path.join(pipeline.workdir, "edits", "_".join(parts))
 
 
@@ -421,14 +442,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str, step: int | 
     height, width, channels = pipeline.experiment.image_shape
     stem = _stem(pipeline, mode, config)
     classes = conditioning.CLASS_NAMES[config.data.dataset]
+    if e.prompt.strip() and not pipeline.experiment.num_classes:
+        raise UserError(
+            f"editing.prompt={e.prompt!r} needs a conditional model (model.conditional=True)"
+        )
     if mode == "interpolate" and e.interpolate == "classes":
         if not pipeline.experiment.num_classes:
             raise UserError("editing.interpolate=classes needs a conditional model")
-        prompted = pipeline.experiment.prompt_labels
+        prompted = conditioning.parse_prompt(e.prompt, config.data.dataset)
         if len(prompted) != 2:
             raise UserError(
-                f"editing.interpolate=classes needs sampling.prompt to name two classes, "
-                f"got {config.sampling.prompt!r}"
+                f"editing.interpolate=classes needs editing.prompt to name two classes, "
+                f"got {e.prompt!r}"
             )
         rows = config.sampling.samples_per_class
         frames = interpolate_classes(pipeline, *prompted, e.num_interpolations, rows)
@@ -448,13 +473,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str, step: int | 
     if mode == "inpaint":
         masks = edit_inputs.make_masks(e.mask, len(images), height, width, config.seed)
         result = pipeline.inpaint(
-            images, masks, resample_steps=e.resample_steps, jump_length=e.jump_length
+            images, masks, e.prompt, resample_steps=e.resample_steps, jump_length=e.jump_length
         )
         shown = np.where(masks.astype(bool), images, np.uint8(HOLE_GREY)).astype(np.uint8)
         rows, names = [images, shown, result], ["original", "masked", "result"]
         arrays = dict(masks=masks)
     elif mode == "edit":
-        result = pipeline.edit(images, e.strength)
+        result = pipeline.edit(images, e.strength, e.prompt)
         shown = noised_inputs(pipeline, images, e.strength)
         rows, names = [images, shown, result], ["original", f"t = {e.strength:g}", "result"]
         arrays = {}
@@ -465,7 +490,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str, step: int | 
                 "pairs (an even number)"
             )
         a, b = images[0::2], images[1::2]
-        frames = pipeline.interpolate(a, b, e.num_interpolations)
+        frames = pipeline.interpolate(a, b, e.num_interpolations, e.prompt)
         strip = np.concatenate([a[:, None], frames, b[:, None]], axis=1)
         grid = labeled_grid(
             strip.reshape(-1, *strip.shape[2:]), [f"pair {i}" for i in range(len(a))]

@@ -320,8 +320,8 @@ class Pipeline:
     ) -> np.ndarray:
         """Image-to-image (SDEdit): `images` noised to time `strength`, then sampled back.
 
-        Low strength keeps the image, 1 forgets it (plain sampling from the
-        same seed); with a conditional model and a prompt the result moves
+        Low strength keeps the image, 1 forgets it (plain sampling, from the
+        edit's own noise for the seed); with a conditional model and a prompt the result moves
         toward the prompted class. The sampler runs the part of its grid
         below `strength`, so the cost falls with it.
 

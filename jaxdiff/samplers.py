@@ -30,6 +30,7 @@ Without snapshots the scan is exactly the plain one.
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -213,11 +214,15 @@ def check_control(
     """Refuses a `Control` the configured sampler cannot run, with one line.
 
     Raises:
-      UserError: an unknown sampler, a sampler that cannot inpaint (with a
-        mask), a start time outside (sampling.eps, 1], resampling without a
-        mask or with counts below 1.
+      UserError: an unknown sampler, one without a `control` argument, one
+        that cannot inpaint (with a mask), a start time outside
+        (sampling.eps, 1], resampling without a mask or with counts below 1.
     """
     entry = SAMPLERS.get(sampling_config.sampler)
+    if "control" not in inspect.signature(entry.build).parameters:
+        raise UserError(
+            f"sampling.sampler {entry.name!r} takes no control: it cannot inpaint or edit"
+        )
     if masked and entry.extras["no_inpainting"]:
         can = sorted(name for name in SAMPLERS if not SAMPLERS.get(name).extras["no_inpainting"])
         raise UserError(

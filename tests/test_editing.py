@@ -212,3 +212,17 @@ def test_impossible_controls_are_refused(overrides, settings, message):
         check_control(sampling_config(**overrides), **settings)
     # dpm_solver++ can still edit without a mask.
     check_control(sampling_config(sampler="dpm_solver++"), masked=False, start_time=0.5)
+
+
+def test_a_sampler_without_control_is_refused_for_editing():
+    @SAMPLERS.register(
+        "no_control_test", default_steps=2, nfe=lambda c: 1, state_times=None, no_inpainting=""
+    )
+    def plain(key, score_fn, sde, shape, *, num_steps, eps, snapshots=0):
+        return sde.prior_sample(key, shape)
+
+    try:
+        with pytest.raises(UserError, match="takes no control"):
+            check_control(sampling_config(sampler="no_control_test"), masked=False)
+    finally:
+        SAMPLERS.unregister("no_control_test")
