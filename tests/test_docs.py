@@ -45,6 +45,7 @@ CHAINS = [
     [
         "conditioning.md",
         "latent_diffusion.md",
+        "editing.md",
         "performance.md",
         "benchmarks.md",
         "benchmarks_configs.md",
@@ -60,6 +61,7 @@ PAGES = [
     "samplers_and_sdes.md",
     "conditioning.md",
     "latent_diffusion.md",
+    "editing.md",
     "evaluation.md",
     "performance.md",
     "benchmarks.md",
