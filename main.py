@@ -127,8 +127,10 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
         sample(config, workdir, step)
     elif mode in ("inpaint", "edit", "interpolate"):
         from jaxdiff import editing
+        from jaxdiff.pipeline import load
 
-        editing.run(config, workdir, mode, step)
+        editing.check_editing_config(config, mode)  # Before the checkpoint is loaded.
+        editing.run(load(workdir, step=step, config=config), mode)
     else:
         from jaxdiff.evaluate import evaluate, summary_line
 

@@ -35,7 +35,7 @@ import numpy as np
 from jaxdiff import conditioning, data, edit_inputs, latent, parallel, samplers
 from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
-from jaxdiff.experiment import Experiment
+from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.sample import sample_key, sampling_score_fn
 from jaxdiff.visualize import labeled_grid, save_png
 
@@ -255,8 +255,6 @@ def _interpolation_experiment(pipeline, prompt, steps, guidance_scale) -> Experi
         return experiment
     config = experiment.config.copy_and_resolve_references()
     config.sampling.s_churn = 0.0
-    from jaxdiff.experiment import create_experiment
-
     return create_experiment(config)
 
 
@@ -427,17 +425,14 @@ def check_editing_config(config: ml_collections.ConfigDict, mode: str) -> None:
         raise UserError(f"editing.num_interpolations must be >= 2, got {e.num_interpolations}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str, step: int | None) -> str:
-    """`--mode=inpaint|edit|interpolate`: writes `edits/<stem>.png` and `.npz`; returns the stem.
+def run(pipeline, mode: str) -> str:
+    """`--mode=inpaint|edit|interpolate` with a loaded run: writes `edits/<stem>.png` and `.npz`.
 
     The grid shows, per band of images, rows original | input (masked, or
     noised to the strength) | result; for interpolation, one row per pair or
-    per noise draw. The .npz holds every image.
+    per noise draw. The .npz holds every image. Returns the stem.
     """
-    from jaxdiff.pipeline import load
-
-    check_editing_config(config, mode)
-    pipeline = load(workdir, step=step, config=config)
+    check_editing_config(pipeline.config, mode)
     config, e = pipeline.config, pipeline.config.editing
     height, width, channels = pipeline.experiment.image_shape
     stem = _stem(pipeline, mode, config)

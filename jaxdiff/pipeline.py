@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import conditioning, latent, parallel, preemption, samplers
+from jaxdiff import conditioning, editing, latent, parallel, preemption, samplers
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
@@ -293,8 +293,6 @@ class Pipeline:
           UserError: bad images or mask, a prompt for an unconditional model,
             a sampler that cannot inpaint.
         """
-        from jaxdiff import editing
-
         return editing.inpaint(
             self,
             images,
@@ -333,8 +331,6 @@ class Pipeline:
         Returns:
           uint8 images (N, H, W, C).
         """
-        from jaxdiff import editing
-
         return editing.edit(self, images, strength, prompt, sampler, steps, guidance_scale, seed)
 
     def interpolate(
@@ -361,8 +357,6 @@ class Pipeline:
         Returns:
           uint8 (N, num, H, W, C).
         """
-        from jaxdiff import editing
-
         return editing.interpolate(self, a, b, num, prompt, steps, guidance_scale)
 
     def interpolate_classes(
@@ -385,8 +379,6 @@ class Pipeline:
         Returns:
           uint8 (rows, num, H, W, C).
         """
-        from jaxdiff import editing
-
         return editing.interpolate_classes(
             self, first, second, num, rows, steps, guidance_scale, seed
         )
