@@ -59,7 +59,7 @@ def _prompt(prompt: Prompt) -> str | Sequence[str | int]:
     return "" if prompt is None else prompt
 
 
-def _labels(pipeline, experiment: Experiment, num: int) -> np.ndarray | None:
+def _edit_labels(experiment: Experiment, num: int) -> np.ndarray | None:
     """Each image's class for the score: None (unconditional model), the prompt's, or null ids.
 
     The prompt names one class for every image or one per image.
@@ -198,7 +198,7 @@ def inpaint(
         seed,
         source=_to_model_space(pipeline, images),
         mask=_model_mask(pipeline, masks),
-        labels=_labels(pipeline, experiment, len(images)),
+        labels=_edit_labels(experiment, len(images)),
     )
     # The kept pixels exactly as given (in pixel space, also the sampler's are close).
     return np.where(masks.astype(bool), images, filled)
@@ -227,7 +227,7 @@ def edit(
         seed,
         source=source,
         noise=_noise(seed, source.shape),
-        labels=_labels(pipeline, experiment, len(images)),
+        labels=_edit_labels(experiment, len(images)),
     )
 
 
@@ -294,7 +294,7 @@ def interpolate(
     b = edit_inputs.check_images(b, experiment.image_shape, "b")
     if len(a) != len(b):
         raise UserError(f"interpolate needs as many images in a as in b, got {len(a)} and {len(b)}")
-    labels = _labels(pipeline, experiment, 2 * len(a))
+    labels = _edit_labels(experiment, 2 * len(a))
     noise = encode_to_noise(pipeline, experiment, np.concatenate([a, b]), labels)
     path = slerp(noise[: len(a)], noise[len(a) :], np.linspace(0.0, 1.0, num))
     frames = path.reshape(-1, *path.shape[2:])
