@@ -132,6 +132,11 @@ def state_times(sampling_config, sde: SDE) -> np.ndarray:
     return np.asarray(entry.extras["state_times"](with_steps(sampling_config), sde), np.float64)
 
 
+def _f32(values) -> jax.Array:
+    """A sampler's per-step numpy values as float32 constants of the program."""
+    return jnp.asarray(values, jnp.float32)
+
+
 def scan_with_snapshots(step, carry, xs, *, num_steps, snapshots, prior, final=None):
     """A sampler's loop: `step` over `xs` with lax.scan; returns (final carry, trajectory or None).
 
@@ -384,10 +389,13 @@ def scan_with_control(
         known = space.known(source, new_level, jax.random.normal(known_key, shape))
         return set_x(carry, mask * known + (1.0 - mask) * get_x(carry)), None
 
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
-    inputs = (inner, jnp.asarray(jumps), f32(levels[start]), f32(levels[end]))
+    inputs = (inner, jnp.asarray(jumps), _f32(levels[start]), _f32(levels[end]))
     carry, _ = jax.lax.scan(move, carry, (*inputs, jax.random.split(key, len(moves))))
     return (carry if final is None else final(carry)[0]), None
+
+
+# Euler-Maruyama's and PC's carry is (x, x_mean): the state is x.
+_SAMPLE_AND_MEAN = dict(get_x=lambda carry: carry[0], set_x=lambda carry, x: (x, carry[1]))
 
 
 def _batch_times(t, shape):
@@ -444,11 +452,10 @@ def euler_maruyama(
         return (x, x_mean), x_mean
 
     x = _initial_state(init_key, sde, shape, control)
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     (_, x_mean), trajectory = scan_with_control(
         step,
         (x, x),
-        (f32(ts), f32(ts - ends), jax.random.split(key, len(ts))),
+        (_f32(ts), _f32(ts - ends), jax.random.split(key, len(ts))),
         num_steps=len(ts),
         snapshots=snapshots,
         prior=x,
@@ -456,8 +463,7 @@ def euler_maruyama(
         key=jax.random.fold_in(key, 3),
         levels=np.append(ts, ends[-1]),
         space=_TimeSpace(sde),
-        get_x=lambda carry: carry[0],
-        set_x=lambda carry, x: (x, carry[1]),
+        **_SAMPLE_AND_MEAN,
     )
     return x_mean if not snapshots else (x_mean, trajectory)
 
@@ -564,8 +570,7 @@ def predictor_corrector(
         return (x, x_mean), x_mean
 
     x = _initial_state(init_key, sde, shape, control)
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
-    xs = (f32(ts), f32(next_ts), jax.random.split(key, len(ts)))
+    xs = (_f32(ts), _f32(next_ts), jax.random.split(key, len(ts)))
     (_, x_mean), trajectory = scan_with_control(
         step,
         (x, x),
@@ -577,8 +582,7 @@ def predictor_corrector(
         key=jax.random.fold_in(key, 3),
         levels=np.append(ts, 0.0),
         space=_TimeSpace(sde),
-        get_x=lambda carry: carry[0],
-        set_x=lambda carry, x: (x, carry[1]),
+        **_SAMPLE_AND_MEAN,
     )
     return x_mean if not snapshots else (x_mean, trajectory)
 
@@ -631,11 +635,10 @@ def probability_flow_ode(
     # The last Heun step and the denoising are both the last step (one state, t = 0).
     last_heun = lambda x: denoise(step(x, (ts[-2], ts[-1]))[0])  # noqa: E731
     prior = _initial_state(key, sde, shape, control)
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     x, trajectory = scan_with_control(
         step,
         prior,
-        (f32(ts[:-2]), f32(ts[1:-1])),
+        (_f32(ts[:-2]), _f32(ts[1:-1])),
         num_steps=len(ts) - 1,
         snapshots=snapshots,
         prior=prior,
@@ -729,7 +732,7 @@ class _NoiseLevelProcess:
         drawn = _initial_state(key, self.sde, self.shape, control)
         start = _start_time(control)
         prior = drawn / self.sde.mean_coeff(jnp.float32(1.0 if start is None else start))
-        xs = tuple(jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v for v in xs)
+        xs = tuple(_f32(v) if isinstance(v, np.ndarray) else v for v in xs)
         out, trajectory = scan_with_control(
             step,
             prior if carry is None else carry(prior),
@@ -872,8 +875,7 @@ def probability_flow_encode(
         d_next = (x_euler - process.denoise(x_euler, sigma_next)) / sigma_next
         return x + (sigma_next - sigma) * 0.5 * (d + d_next), None
 
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
-    x, _ = jax.lax.scan(step, x0, (f32(levels[:-1]), f32(levels[1:])))
+    x, _ = jax.lax.scan(step, x0, (_f32(levels[:-1]), _f32(levels[1:])))
     return x * sde.mean_coeff(jnp.float32(1.0)) / sde.prior_std
 
 

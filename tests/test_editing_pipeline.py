@@ -238,13 +238,20 @@ def edit_main(workdir, mode, *flags):
     )
 
 
+def edit_main_arrays(workdir, mode, stem_name, *flags):
+    """Runs an editing mode on test[:4] (or as flags say); its stem and .npz arrays."""
+    result = edit_main(workdir, mode, "--config.editing.source=test[:4]", *flags)
+    assert result.returncode == 0, result.stderr
+    stem = workdir / "edits" / stem_name
+    with np.load(f"{stem}.npz") as npz:
+        return stem, dict(npz)
+
+
 def test_inpaint_mode_writes_what_the_pipeline_gives(cli_workdir, pipe, digits):
     """--mode=inpaint on test[:4]: edits/<stem>.png and .npz, results = Pipeline.inpaint's."""
-    result = edit_main(cli_workdir, "inpaint", "--config.editing.source=test[:4]")
-    assert result.returncode == 0, result.stderr
-    stem = cli_workdir / "edits" / "inpaint_0000004_euler_maruyama_lower_half"
-    with np.load(f"{stem}.npz") as npz:
-        arrays = dict(npz)
+    stem, arrays = edit_main_arrays(
+        cli_workdir, "inpaint", "inpaint_0000004_euler_maruyama_lower_half"
+    )
     for name in ("originals", "inputs", "results"):
         assert arrays[name].shape == (4, 28, 28, 1) and arrays[name].dtype == np.uint8, name
     assert arrays["masks"].shape == (4, 28, 28, 1)
@@ -259,11 +266,7 @@ def test_inpaint_mode_writes_what_the_pipeline_gives(cli_workdir, pipe, digits):
 
 def test_edit_mode_writes_what_the_pipeline_gives(cli_workdir, pipe, digits):
     """--mode=edit (strength 0.5): the files, and results = Pipeline.edit's."""
-    result = edit_main(cli_workdir, "edit", "--config.editing.source=test[:4]")
-    assert result.returncode == 0, result.stderr
-    stem = cli_workdir / "edits" / "edit_0000004_euler_maruyama_s0.5"
-    with np.load(f"{stem}.npz") as npz:
-        arrays = dict(npz)
+    stem, arrays = edit_main_arrays(cli_workdir, "edit", "edit_0000004_euler_maruyama_s0.5")
     for name in ("originals", "inputs", "results"):
         assert arrays[name].shape == (4, 28, 28, 1) and arrays[name].dtype == np.uint8, name
     np.testing.assert_array_equal(arrays["results"], pipe.edit(digits[0], 0.5))
@@ -272,11 +275,7 @@ def test_edit_mode_writes_what_the_pipeline_gives(cli_workdir, pipe, digits):
 
 def test_interpolate_mode_writes_the_pairs_frames(cli_workdir, pipe, digits):
     """--mode=interpolate: test[:4] as pairs (0, 1), (2, 3), 8 frames each, as the pipeline's."""
-    result = edit_main(cli_workdir, "interpolate", "--config.editing.source=test[:4]")
-    assert result.returncode == 0, result.stderr
-    stem = cli_workdir / "edits" / "interpolate_0000004_images"
-    with np.load(f"{stem}.npz") as npz:
-        arrays = dict(npz)
+    stem, arrays = edit_main_arrays(cli_workdir, "interpolate", "interpolate_0000004_images")
     assert arrays["originals"].shape == (4, 28, 28, 1)
     assert arrays["frames"].shape == (2, 8, 28, 28, 1)
     a = digits[0]
