@@ -71,6 +71,7 @@ from timing import labelled_sampler
 
 from jaxdiff import data
 from jaxdiff.compiler import jit
+from jaxdiff.datasets import BUILTIN_SHAPES, dataset_info
 from jaxdiff.experiment import create_experiment
 from jaxdiff.host_memory import keep_freed_memory
 from jaxdiff.models import count_params, make_score_fn
@@ -405,7 +406,8 @@ class TorchSide:
         self.name = "torch_compile" if compiled else "torch_eager"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(0)
-        image_shape, num_classes = data.dataset_info(config.data.dataset)
+        info = dataset_info(config.data.dataset)
+        image_shape, num_classes = info.image_shape, info.num_classes
         self.model = model = torch_twin(config, image_shape, num_classes).to(self.device)
         self.params = ref.count_params(model)
         self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -503,12 +505,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.save_npz:
         os.makedirs(args.save_npz, exist_ok=True)
-        for dataset in data.DATASETS:
+        for dataset in BUILTIN_SHAPES:
             images, labels = data.load_split(dataset, BENCHMARK_SPLIT)
             np.savez_compressed(
                 os.path.join(args.save_npz, f"{dataset}.npz"), images=images, labels=labels
             )
-        print(f"wrote {', '.join(data.DATASETS)} to {args.save_npz}/<dataset>.npz")
+        print(f"wrote {', '.join(BUILTIN_SHAPES)} to {args.save_npz}/<dataset>.npz")
         return
     models, sides = args.models.split(","), args.sides.split(",")
     for name in models:

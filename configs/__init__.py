@@ -25,12 +25,14 @@ NAMES = (
     "classifier_fashion_mnist",
     "classifier_cifar10",
     "mnist_seed",
+    "folder64",
 )
 VARIANTS = {
     "mnist_latent": ("cond",),
     "fashion_mnist_latent": ("cond",),
     "cifar10_latent": ("cond",),
     "mnist_seed": ("cond",),
+    "folder64": ("cond", "classifier"),
 }
 
 

@@ -17,8 +17,27 @@ def get_config() -> ml_collections.ConfigDict:
     config.task = "diffusion"
 
     config.data = data = ml_collections.ConfigDict()
-    # TFDS dataset name: mnist, fashion_mnist or cifar10.
+    # What to learn (docs/your_own_data.md): mnist, fashion_mnist, cifar10 (prepared by
+    # jaxdiff), another TFDS image dataset prepared in data_dir (celeb_a, svhn_cropped, ...),
+    # or "folder": the images under data.path, its first-level subfolders the classes.
     data.dataset = "mnist"
+    # folder only: the folder of images (PNG, JPEG; any size, grayscale or RGB).
+    data.path = ""
+    # Side the images are center-cropped and resized to; 0: their own (when square and
+    # all alike). Anything but mnist, fashion_mnist, cifar10 at their own size is fitted
+    # once into a cache (data.cache_dir).
+    data.image_size = 0
+    # 1 (grayscale) or 3 (RGB); 0: the dataset's own (a folder: 1 if every image is gray).
+    data.channels = 0
+    # Filled in by the run from the dataset (saved in config.json so sampling needs no
+    # data): the class names in label order. Leave empty.
+    data.class_names = ()
+    # Where fitted datasets are cached; "": <data_dir>/jaxdiff_cache.
+    data.cache_dir = ""
+    # Keep the training split on the device(s) and draw batches there ("always"), or
+    # stream batches from the host ("never"); "auto": on the device when the split
+    # takes at most a quarter of each device's memory (docs/your_own_data.md).
+    data.on_device = "auto"
     # TFDS data directory; empty means $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets).
     data.data_dir = ""
     # Training split, in TFDS split syntax (e.g. "train[:1024]" for a quick run).
@@ -66,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.context_dim = 256
     # conditional only: hidden width of the transformer feed-forward, in channels.
     model.ff_mult = 4
+    # Recompute each block's activations in the backward pass instead of keeping them:
+    # less memory for about one more forward pass. Same parameters (checkpoints carry over).
+    model.remat = False
 
     config.autoencoder = autoencoder = ml_collections.ConfigDict()
     # Latent diffusion: train this autoencoder first (stage 1), then the score model
@@ -107,6 +129,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.training = training = optimization(
         num_steps=20_000, batch_size=128, learning_rate=1e-3, warmup_steps=500, keep_checkpoints=3
     )
+    # Micro-batches each batch's gradient is accumulated over (1: none): the same gradient
+    # (only dropout masks differ) with about 1/k of the activation memory. batch_size must
+    # divide into grad_accum_steps x devices.
+    training.grad_accum_steps = 1
     # conditional only: probability that a training label is replaced by the null token.
     training.cond_drop_prob = 0.1
     # Smallest diffusion time in the loss, t ~ U(eps, 1).

@@ -20,12 +20,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data, parallel
+from jaxdiff import data, datasets, parallel, streaming
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import check_optimization
-from jaxdiff.loop import apply_update, compile_train_call, run_training
+from jaxdiff.loop import (
+    TrainData,
+    apply_update,
+    compile_train_call,
+    run_training,
+    split_batch_key,
+)
 from jaxdiff.loss_curve import write_loss_curves
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.reporting import MetricsLog
@@ -41,11 +47,16 @@ TEST_SPLIT = "test"
 def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
     """Builds the classifier of `config.classifier` for `config.data.dataset`.
 
+    What the dataset's metadata tells (image shape, class names) is recorded in
+    `config.data` (see `datasets.record`).
+
     Raises:
-      UserError: an unknown dataset or impossible sizes.
+      UserError: an unknown dataset, one without labels, or impossible sizes.
     """
     c = config.classifier
-    image_shape, num_classes = data.dataset_info(config.data.dataset)
+    dataset = datasets.dataset_info(config.data, need_labels=True)
+    datasets.record(config.data, dataset)
+    image_shape, num_classes = dataset.image_shape, dataset.num_classes
     channels = tuple(c.channels)
     if not channels or min(channels) < 1:
         raise UserError(f"classifier.channels must be positive widths, got {channels}")
@@ -55,7 +66,7 @@ def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
         raise UserError(f"classifier.num_res_blocks must be positive, got {c.num_res_blocks}")
     if min(image_shape[:2]) < 2 ** (len(channels) - 1):
         raise UserError(
-            f"classifier.channels={channels} has more stages than {config.data.dataset}'s "
+            f"classifier.channels={channels} has more stages than {dataset.label}'s "
             f"{image_shape[0]}x{image_shape[1]} images can halve into"
         )
     if not 0.0 <= c.label_smoothing < 1.0:
@@ -90,7 +101,7 @@ def random_translate(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
 def classifier_step(
     state: TrainState,
     key: jax.Array,
-    dataset: data.DeviceDataset,
+    dataset: TrainData,
     *,
     model: Classifier,
     tx: optax.GradientTransformation,
@@ -99,9 +110,9 @@ def classifier_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of the classifier on an augmented batch drawn on device. Pure."""
     c = config.classifier
-    batch_key, crop_key = jax.random.split(jax.random.fold_in(key, state.step))
+    _, crop_key = jax.random.split(jax.random.fold_in(key, state.step))
     x, labels = data.draw_batch(
-        batch_key,
+        split_batch_key(key, state.step),
         dataset,
         c.batch_size,
         batch_sharding,
@@ -145,9 +156,7 @@ def train_classifier(
     """
     config = config.copy_and_resolve_references()
     model, mesh = check_classifier_config(config)
-    images, labels = data.load_split(
-        config.data.dataset, config.data.train_split, config.data.data_dir, config.data.download
-    )
+    images, labels = datasets.read_split(config.data, config.data.train_split)
     with training_workdir(config, workdir, allow_config_change) as workdir:
         return _train(config, model, mesh, workdir, images, labels)
 
@@ -183,7 +192,9 @@ def _train(config, model, mesh, workdir, images, labels) -> TrainState:
             name="classifier",
             state=state,
             train_call=compile_train_call(step_fn, c.steps_per_call, mesh),
-            dataset=data.to_device(images, labels, mesh),
+            dataset=streaming.training_data(
+                images, labels, mesh, config.data.on_device, split_batch_key, "classifier data"
+            ),
             key=jax.random.fold_in(jax.random.key(config.seed), 6),
             group=c,
             checkpointer=checkpointer,
@@ -238,18 +249,27 @@ class TrainedClassifier:
 
     def accuracy(self, split: str = TEST_SPLIT) -> tuple[float, int]:
         """(accuracy, number of images) on a split of the dataset."""
-        c = self.config.data
-        images, labels = data.load_split(c.dataset, split, c.data_dir, c.download)
+        images, labels = datasets.read_split(self.config.data, split)
         return float(np.mean(self.predict(images) == labels)), len(labels)
 
 
-def load_classifier(workdir: str, dataset: str | None = None) -> TrainedClassifier:
+def load_classifier(
+    workdir: str, data_config: ml_collections.ConfigDict | str | None = None
+) -> TrainedClassifier:
     """The trained classifier in `workdir` (its latest checkpoint's EMA parameters).
+
+    Args:
+      workdir: the classifier's run.
+      data_config: the data the caller measures (a `data` config group or a
+        dataset name); None: any.
 
     Raises:
       UserError: no such workdir or checkpoint, not a classifier run, or a
-        classifier of another dataset than `dataset`.
+        classifier of another dataset than `data_config` describes.
     """
+    if data_config is not None:
+        data_config = datasets.data_config(data_config)
+    dataset = None if data_config is None else data_config.dataset
     from jaxdiff.pipeline import read_config  # The pipeline module imports the models.
 
     workdir = os.path.abspath(workdir)
@@ -262,13 +282,13 @@ def load_classifier(workdir: str, dataset: str | None = None) -> TrainedClassifi
     config = read_config(workdir)
     if config.task != "classifier":
         raise UserError(f"{workdir} holds a {config.task} run, not a classifier; {hint}")
-    if dataset is not None and config.data.dataset != dataset:
+    if data_config is not None and not same_data(config.data, data_config):
         raise UserError(
-            f"the classifier in {workdir} was trained on {config.data.dataset}, "
-            f"not {dataset}; {hint}"
+            f"the classifier in {workdir} was trained on {_describe(config.data)}, "
+            f"not {_describe(data_config)}; {hint}"
         )
     model, mesh = check_classifier_config(config)
-    image_shape, _ = data.dataset_info(config.data.dataset)
+    image_shape = datasets.dataset_info(config.data).image_shape
     tx = create_optimizer(config.classifier)
     abstract = abstract_state(
         functools.partial(_create_state, jax.random.key(0), model, image_shape, tx), mesh
@@ -290,19 +310,32 @@ def load_classifier(workdir: str, dataset: str | None = None) -> TrainedClassifi
     return TrainedClassifier(config, model, state.ema_params, workdir, int(state.step))
 
 
+def same_data(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> bool:
+    """Whether two data configs name the same images at the same size (a folder: the same path)."""
+    fields = ("dataset", "image_size", "channels")
+    paths = [os.path.abspath(os.path.expanduser(c.path)) for c in (a, b)]
+    if a.dataset == datasets.FOLDER and paths[0] != paths[1]:
+        return False
+    return all(a[f] == b[f] or 0 in (a[f], b[f]) for f in fields)
+
+
+def _describe(data_config: ml_collections.ConfigDict) -> str:
+    c = data_config
+    name = f"folder {c.path}" if c.dataset == datasets.FOLDER else c.dataset
+    return name + (f" at {c.image_size}x{c.image_size}" if c.image_size else "")
+
+
 def test_accuracy_line(workdir: str, config: ml_collections.ConfigDict) -> str:
     """`--mode=eval` of a classifier run: its test accuracy, as one line."""
-    classifier = load_classifier(workdir, config.data.dataset)
+    classifier = load_classifier(workdir, config.data)
     accuracy, count = classifier.accuracy(TEST_SPLIT)
     return (
-        f"classifier step {classifier.step}: {config.data.dataset} {TEST_SPLIT} accuracy "
+        f"classifier step {classifier.step}: {_describe(config.data)} {TEST_SPLIT} accuracy "
         f"{100 * accuracy:.2f}% ({count:,} images)"
     )
 
 
-def reference_features(
-    classifier: TrainedClassifier, split: str, data_dir: str = "", download: bool = True
-) -> dict[str, np.ndarray]:
+def reference_features(classifier: TrainedClassifier, split: str) -> dict[str, np.ndarray]:
     """Probabilities, features and labels of a real split, cached in the classifier's workdir.
 
     The cache (`features/<split>_<step>.npz`) is written atomically and only
@@ -313,7 +346,7 @@ def reference_features(
     if os.path.exists(path):
         with np.load(path) as cached:
             return dict(cached)
-    images, labels = data.load_split(classifier.config.data.dataset, split, data_dir, download)
+    images, labels = datasets.read_split(classifier.config.data, split)
     probs, features = classifier.outputs(images)
     result = {"probs": probs, "features": features, "labels": labels}
     if jax.process_index() == 0:

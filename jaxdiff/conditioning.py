@@ -14,68 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.common import ScoreFn
+from jaxdiff.datasets import DatasetInfo
 from jaxdiff.errors import UserError
-
-# The TFDS label names, in label order (tests check them against the TFDS metadata).
-CLASS_NAMES = {
-    "mnist": ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"),
-    "fashion_mnist": (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-    "cifar10": (
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ),
-}
-
-# Other words users type for a class, per dataset: word -> label.
-ALIASES = {
-    "mnist": {
-        word: i
-        for i, word in enumerate(
-            ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-        )
-    },
-    "fashion_mnist": {
-        "t-shirt": 0,
-        "tshirt": 0,
-        "top": 0,
-        "trousers": 1,
-        "pants": 1,
-        "sweater": 2,
-        "jumper": 2,
-        "sandals": 5,
-        "sneakers": 7,
-        "trainer": 7,
-        "handbag": 8,
-        "boot": 9,
-        "ankle boots": 9,
-    },
-    "cifar10": {
-        "plane": 0,
-        "aeroplane": 0,
-        "car": 1,
-        "lorry": 9,
-        "boat": 8,
-    },
-}
 
 # `sampling.prompt` value that asks for every class, one grid row each.
 ALL_CLASSES = "all"
@@ -86,14 +26,13 @@ def _normalize(word: str) -> str:
     return re.sub(r"[^0-9a-z]", "", word.lower())
 
 
-def _vocabulary(dataset: str) -> dict[str, int]:
-    names = CLASS_NAMES[dataset]
-    vocabulary = {_normalize(name): label for label, name in enumerate(names)}
-    vocabulary.update({_normalize(word): label for word, label in ALIASES.get(dataset, {}).items()})
+def _vocabulary(dataset: DatasetInfo) -> dict[str, int]:
+    vocabulary = {_normalize(name): label for label, name in enumerate(dataset.class_names)}
+    vocabulary.update({_normalize(word): label for word, label in dataset.aliases.items()})
     return vocabulary
 
 
-def parse_prompt(prompt: str, dataset: str) -> list[int]:
+def parse_prompt(prompt: str, dataset: DatasetInfo) -> list[int]:
     """Class ids named by a comma-separated prompt, in order ("cat,dog", "3,5", "all").
 
     Each item is a class name or alias of `dataset` (any case; spaces and
@@ -103,10 +42,10 @@ def parse_prompt(prompt: str, dataset: str) -> list[int]:
     Raises:
       UserError: one line naming the unknown item and listing the valid ones.
     """
+    num_classes = dataset.num_classes
     if prompt.strip().lower() == ALL_CLASSES:
-        return list(range(len(CLASS_NAMES[dataset])))
+        return list(range(num_classes))
     vocabulary = _vocabulary(dataset)
-    num_classes = len(CLASS_NAMES[dataset])
     labels = []
     for item in (part.strip() for part in prompt.split(",")):
         if not item:
@@ -115,14 +54,14 @@ def parse_prompt(prompt: str, dataset: str) -> list[int]:
             label = int(item)
             if not 0 <= label < num_classes:
                 raise UserError(
-                    f"class {label} in sampling.prompt is out of range for {dataset} "
+                    f"class {label} in sampling.prompt is out of range for {dataset.label} "
                     f"(0-{num_classes - 1})"
                 )
         elif _normalize(item) in vocabulary:
             label = vocabulary[_normalize(item)]
         else:
             raise UserError(
-                f"unknown class {item!r} in sampling.prompt for {dataset}; valid: "
+                f"unknown class {item!r} in sampling.prompt for {dataset.label}; valid: "
                 f"{describe_classes(dataset)}, integers 0-{num_classes - 1}, or '{ALL_CLASSES}'"
             )
         labels.append(label)
@@ -131,11 +70,11 @@ def parse_prompt(prompt: str, dataset: str) -> list[int]:
     return labels
 
 
-def describe_classes(dataset: str) -> str:
+def describe_classes(dataset: DatasetInfo) -> str:
     """'airplane (plane, aeroplane), automobile (car), ...': the names a prompt may use."""
     parts = []
-    for label, name in enumerate(CLASS_NAMES[dataset]):
-        aliases = [word for word, i in ALIASES.get(dataset, {}).items() if i == label]
+    for label, name in enumerate(dataset.class_names):
+        aliases = [word for word, i in dataset.aliases.items() if i == label]
         parts.append(f"{name} ({', '.join(aliases)})" if aliases else name)
     return ", ".join(parts)
 
@@ -186,9 +125,9 @@ def guided_score_fn(
     return score_fn
 
 
-def row_names(labels: list[int], dataset: str) -> list[str]:
+def row_names(labels: list[int], dataset: DatasetInfo) -> list[str]:
     """Display names of class ids."""
-    return [CLASS_NAMES[dataset][label] for label in labels]
+    return [dataset.class_names[label] for label in labels]
 
 
 def repeat_labels(labels: list[int], per_class: int) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""Datasets: TFDS -> uint8 arrays on the device(s) -> random batches drawn inside the jitted step.
+"""Training data on the device(s): uint8 arrays -> random batches drawn inside the jitted step.
 
-MNIST, Fashion-MNIST and CIFAR-10 are small (< 200 MB as uint8), so the whole
-training split lives on the accelerators, sharded over the `data` mesh axis.
-Each step draws random indices and gathers its batch on device: there is no
-host input pipeline and no per-step host-to-device copy. Because the indices
-are global, the batch a step sees does not depend on the number of devices.
+A training split that fits (MNIST, Fashion-MNIST and CIFAR-10 are < 200 MB
+as uint8) lives on the accelerators, sharded over the `data` mesh axis. Each
+step draws random indices and gathers its batch on device: there is no host
+input pipeline and no per-step host-to-device copy. Because the indices are
+global, the batch a step sees does not depend on the number of devices.
+Larger splits stay on the host and are streamed (`jaxdiff.streaming`): the
+host draws the same indices and sends the rows, so a step sees the same batch
+on both paths. Which images a split holds is `jaxdiff.datasets`.
 """
 
 from collections.abc import Callable
@@ -20,28 +23,15 @@ from jaxdiff import parallel, prepare
 from jaxdiff.errors import UserError
 from jaxdiff.prepare import resolve_data_dir
 
-# Image shape (H, W, C) and number of classes of each supported dataset, known
-# before any data is read so configs can be checked up front.
-DATASETS = {
-    "mnist": ((28, 28, 1), 10),
-    "fashion_mnist": ((28, 28, 1), 10),
-    "cifar10": ((32, 32, 3), 10),
-}
-
-
-def dataset_info(name: str) -> tuple[tuple[int, int, int], int]:
-    """(image_shape, num_classes) of a supported dataset."""
-    if name not in DATASETS:
-        raise UserError(f"unknown data.dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
-
 
 def load_split(
     name: str, split: str, data_dir: str = "", download: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a whole split with `tfds.data_source` (no TensorFlow needed).
+    """Reads a whole split of a TFDS dataset's `image` and `label` with `tfds.data_source`.
 
-    A dataset missing from the data directory is first prepared there
+    No TensorFlow is needed. Used for the datasets jaxdiff prepares (see
+    `datasets.read_split` for the others). A dataset missing from the data
+    directory is first prepared there
     (`jaxdiff.prepare`: downloaded, or taken from `<data_dir>/downloads/manual/`)
     unless `download` is False.
 
@@ -49,18 +39,10 @@ def load_split(
       images (N, H, W, C) uint8 and labels (N,) int32.
 
     Raises:
-      UserError: unknown dataset, dataset not prepared and not preparable, bad split.
+      UserError: dataset not prepared and not preparable, bad split.
     """
-    dataset_info(name)
     directory = resolve_data_dir(data_dir)
-    if not prepare.is_prepared(name, directory):
-        if not download:
-            raise UserError(
-                f"dataset {name!r} not found in {directory}: run `python -m jaxdiff.prepare "
-                f"{name} --data_dir={directory}`, or point TFDS_DATA_DIR or "
-                f"--config.data.data_dir at a directory where it is prepared"
-            )
-        prepare.prepare(name, directory)
+    ensure_prepared(name, directory, download)
     import tensorflow_datasets as tfds  # Imported here: it is slow to import.
 
     try:
@@ -76,6 +58,23 @@ def load_split(
     images = np.stack([ex["image"] for ex in examples]).astype(np.uint8)
     labels = np.asarray([ex["label"] for ex in examples], np.int32)
     return images, labels
+
+
+def ensure_prepared(name: str, directory: str, download: bool) -> None:
+    """Prepares a dataset jaxdiff knows (`jaxdiff.prepare`) missing from `directory`.
+
+    Raises:
+      UserError: it is missing and `download` is False, or it cannot be prepared.
+    """
+    if prepare.is_prepared(name, directory) or name not in prepare.DATASET_NAMES:
+        return
+    if not download:
+        raise UserError(
+            f"dataset {name!r} not found in {directory}: run `python -m jaxdiff.prepare "
+            f"{name} --data_dir={directory}`, or point TFDS_DATA_DIR or "
+            f"--config.data.data_dir at a directory where it is prepared"
+        )
+    prepare.prepare(name, directory)
 
 
 @flax.struct.dataclass
@@ -103,9 +102,28 @@ def to_device(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> DeviceDatas
     )
 
 
+@flax.struct.dataclass
+class StreamedBatches:
+    """Batches gathered on the host (`jaxdiff.streaming`) for the steps of one train call.
+
+    `images` (steps, B, ...) and `labels` (steps, B), sharded over the batch
+    axis; a train call hands each step its own (B, ...) slice, also a
+    `StreamedBatches`.
+    """
+
+    images: jax.Array
+    labels: jax.Array
+
+
+def batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """The rows `draw_batch` takes with `key` (uniform, with replacement)."""
+    index_key, _ = jax.random.split(key)
+    return jax.random.randint(index_key, (batch_size,), 0, num_examples)
+
+
 def draw_batch(
     key: jax.Array,
-    dataset: DeviceDataset,
+    dataset: DeviceDataset | StreamedBatches,
     batch_size: int,
     sharding: NamedSharding,
     random_flip: bool,
@@ -113,17 +131,23 @@ def draw_batch(
 ) -> tuple[jax.Array, jax.Array]:
     """Draws a random batch (with replacement) and augments it; call inside jit.
 
+    From a `DeviceDataset` the rows `batch_indices(key)` are gathered on device;
+    a step's `StreamedBatches` already holds those rows, gathered on the host.
     uint8 images become float32 in [0, 1] (or [-1, 1] if centered); float data
     (latent diffusion's latents) is returned as stored.
 
     Returns:
       The batch and its int32 labels, both sharded over the batch axis.
     """
-    index_key, flip_key = jax.random.split(key)
-    index = jax.random.randint(index_key, (batch_size,), 0, dataset.num_examples)
-    x = jax.lax.with_sharding_constraint(dataset.images[index], sharding)
-    labels = jax.lax.with_sharding_constraint(dataset.labels[index], sharding)
-    if dataset.images.dtype != jnp.uint8:
+    _, flip_key = jax.random.split(key)
+    if isinstance(dataset, StreamedBatches):
+        x, labels = dataset.images, dataset.labels
+    else:
+        index = batch_indices(key, dataset.num_examples, batch_size)
+        x, labels = dataset.images[index], dataset.labels[index]
+    x = jax.lax.with_sharding_constraint(x, sharding)
+    labels = jax.lax.with_sharding_constraint(labels, sharding)
+    if x.dtype != jnp.uint8:
         return x, labels
     x = to_model_range(x, centered)
     if random_flip:

@@ -11,10 +11,11 @@ import glob
 import os
 import re
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
-from jaxdiff import data
+from jaxdiff import datasets
 from jaxdiff.errors import UserError
 
 # What `editing.mask` accepts besides a PNG path (documentation and error messages).
@@ -237,33 +238,27 @@ def _shape_words(height: int, width: int, channels: int) -> str:
 
 
 def load_sources(
-    spec: str,
-    dataset: str,
-    image_shape: tuple[int, int, int],
-    data_dir: str = "",
-    download: bool = True,
+    spec: str, data_config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The source images `editing.source` names: a split of the dataset, or image files.
 
     Args:
-      spec: a TFDS split of `dataset` (`test[:16]`), or comma-separated PNG/JPEG
+      spec: a split of the run's dataset (`test[:16]`), or comma-separated PNG/JPEG
         files, directories (their .png/.jpg/.jpeg files, sorted by name) and glob
         patterns (sorted).
-      dataset: the run's dataset, read for a split.
+      data_config: the run's `data` group, read for a split.
       image_shape: (H, W, C) the model takes; files must match it (no resizing).
-      data_dir: TFDS data directory, as for `data.load_split`.
-      download: whether a missing dataset may be prepared.
 
     Returns:
       uint8 images (N, H, W, C) and int32 labels (N,), -1 for files.
 
     Raises:
       UserError: an empty spec, a missing or unreadable file, an image of another
-        size or channel count, or a split `data.load_split` cannot read.
+        size or channel count, or a split `datasets.read_split` cannot read.
     """
     spec = spec.strip()
     if _SPLIT_RE.match(spec):
-        return data.load_split(dataset, spec, data_dir, download)
+        return datasets.read_split(data_config, spec)
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
         raise UserError(

@@ -436,7 +436,7 @@ def run(pipeline, mode: str) -> str:
     config, e = pipeline.config, pipeline.config.editing
     height, width, channels = pipeline.experiment.image_shape
     stem = _stem(pipeline, mode, config)
-    classes = conditioning.CLASS_NAMES[config.data.dataset]
+    classes = pipeline.experiment.dataset.class_names
     if e.prompt.strip() and not pipeline.experiment.num_classes:
         raise UserError(
             f"editing.prompt={e.prompt!r} needs a conditional model (model.conditional=True)"
@@ -444,7 +444,7 @@ def run(pipeline, mode: str) -> str:
     if mode == "interpolate" and e.interpolate == "classes":
         if not pipeline.experiment.num_classes:
             raise UserError("editing.interpolate=classes needs a conditional model")
-        prompted = conditioning.parse_prompt(e.prompt, config.data.dataset)
+        prompted = conditioning.parse_prompt(e.prompt, pipeline.experiment.dataset)
         if len(prompted) != 2:
             raise UserError(
                 f"editing.interpolate=classes needs editing.prompt to name two classes, "
@@ -458,13 +458,7 @@ def run(pipeline, mode: str) -> str:
         logger.info("Wrote %s.png and %s.npz", stem, stem)
         return stem
 
-    images, labels = edit_inputs.load_sources(
-        e.source,
-        config.data.dataset,
-        (height, width, channels),
-        config.data.data_dir,
-        config.data.download,
-    )
+    images, labels = edit_inputs.load_sources(e.source, config.data, (height, width, channels))
     if mode == "inpaint":
         masks = edit_inputs.make_masks(e.mask, len(images), height, width, config.seed)
         result = pipeline.inpaint(

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -25,9 +26,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import data, likelihood, metrics, samplers
-from jaxdiff.classifier import TrainedClassifier, load_classifier, reference_features
+from jaxdiff import datasets, likelihood, metrics, samplers
+from jaxdiff.classifier import (
+    TrainedClassifier,
+    load_classifier,
+    reference_features,
+    same_data,
+)
 from jaxdiff.compiler import jit
+from jaxdiff.data import map_in_chunks
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
 from jaxdiff.models import make_score_fn
@@ -101,11 +108,34 @@ def _check_eval_config(config: ml_collections.ConfigDict, experiment: Experiment
         raise UserError(f"eval.inception_weights: no such file {e.inception_weights}")
 
 
+def _check_classifier_fits(classifier: TrainedClassifier, experiment: Experiment) -> None:
+    """A classifier of other data measures a run only with the same image shape and classes.
+
+    Class names match up to case, punctuation and a numbering prefix ("7_Sneaker"
+    is "Sneaker"), in the same order.
+    """
+    info = datasets.dataset_info(classifier.config.data)
+
+    def names(classes):
+        return [re.sub(r"[^0-9a-z]", "", re.sub(r"^\d+_", "", n.lower())) for n in classes]
+
+    if info.image_shape != experiment.image_shape or names(info.class_names) != names(
+        experiment.dataset.class_names
+    ):
+        raise UserError(
+            f"the classifier in {classifier.workdir} was trained on {info.label}, "
+            f"{'x'.join(map(str, info.image_shape))} images of the classes "
+            f"{', '.join(info.class_names)}; this run's data ({experiment.dataset.label}) differs"
+        )
+
+
 def classifier_workdir(config: ml_collections.ConfigDict) -> str:
-    """`eval.classifier_workdir`, or runs/classifier_<dataset> when it is empty."""
-    return config.eval.classifier_workdir or os.path.join(
-        "runs", f"classifier_{config.data.dataset}"
-    )
+    """`eval.classifier_workdir`, or runs/classifier_<dataset> (a folder: its name) when empty."""
+    c = config.data
+    name = c.dataset
+    if name == datasets.FOLDER:
+        name = os.path.basename(os.path.normpath(os.path.expanduser(c.path))) or name
+    return config.eval.classifier_workdir or os.path.join("runs", f"classifier_{name}")
 
 
 # Sampling fields the evaluation's samples do not depend on (the evaluation
@@ -256,7 +286,22 @@ def evaluate(
     e = config.eval
     experiment = pipeline.experiment
     _check_eval_config(config, experiment)
-    classifier = load_classifier(classifier_workdir(config), config.data.dataset)
+    if not experiment.dataset.class_names:
+        # No labels: no classifier to measure with; only Inception FID applies.
+        if not e.inception_weights:
+            raise UserError(
+                f"{experiment.dataset.label} has no class labels, so no feature classifier can "
+                "be trained on it: --mode=eval measures Inception FID only; set "
+                "eval.inception_weights to pytorch-fid's weights (docs/evaluation.md)"
+            )
+        classifier = None
+    else:
+        # A classifier named explicitly may come from another copy of the same images
+        # (a TFDS dataset exported as a folder): its input shape and classes must match.
+        named = bool(e.classifier_workdir)
+        classifier = load_classifier(classifier_workdir(config), None if named else config.data)
+        if named and not same_data(classifier.config.data, config.data):
+            _check_classifier_fits(classifier, experiment)
     settings = json.dumps(_sample_settings(pipeline), sort_keys=True)
     tag = hashlib.sha1(settings.encode()).hexdigest()[:10]
     directory = os.path.join(pipeline.workdir, EVAL_DIR)
@@ -264,9 +309,6 @@ def evaluate(
         pipeline, os.path.join(directory, f"samples_{pipeline.step:07d}_{tag}")
     )
     sampling_seconds = time.perf_counter() - start
-    data_args = (config.data.data_dir, config.data.download)
-    reference = reference_features(classifier, e.reference_split, *data_args)
-    train = reference_features(classifier, config.data.train_split, *data_args)
     record: dict[str, Any] = {
         "step": pipeline.step,
         "num_samples": len(images),
@@ -274,11 +316,15 @@ def evaluate(
         "nfe": samplers.num_function_evals(config.sampling),
         "guidance_scale": config.sampling.guidance_scale if experiment.num_classes else None,
         "reference_split": e.reference_split,
-        "classifier": {"workdir": classifier.workdir, "step": classifier.step},
+        "classifier": None,
     }
-    record.update(classifier_metrics(classifier, images, labels, reference, train, e.nearest_k))
+    if classifier is not None:
+        record["classifier"] = {"workdir": classifier.workdir, "step": classifier.step}
+        reference = reference_features(classifier, e.reference_split)
+        train = reference_features(classifier, config.data.train_split)
+        record.update(classifier_metrics(classifier, images, labels, reference, train, e.nearest_k))
     # Grain and blur that the classifier's features miss (metrics.high_frequency_ratio).
-    real_images, _ = data.load_split(config.data.dataset, e.reference_split, *data_args)
+    real_images, _ = datasets.read_split(config.data, e.reference_split)
     record["hf_ratio"] = metrics.high_frequency_ratio(images, real_images)
     record["bits_per_dim"] = None
     if e.bits_per_dim_images:
@@ -289,7 +335,7 @@ def evaluate(
         record["fid_inception"] = inception_fid(e.inception_weights, images, config, directory)
     record["sampling_seconds"] = sampling_seconds
     record["seconds"] = time.perf_counter() - start
-    record = {key: record[key] for key in RECORD_KEYS} | record
+    record = {key: record.get(key) for key in RECORD_KEYS} | record
     if jax.process_index() == 0:
         path = os.path.join(directory, record_stem(pipeline, tag) + ".json")
         with open(path + ".tmp", "w") as f:
@@ -318,9 +364,7 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
         raise UserError("bits/dim needs a pixel-space model; this run is latent diffusion")
     config = pipeline.config
     experiment = pipeline.experiment
-    images, _ = data.load_split(
-        config.data.dataset, f"{split}[:{num_images}]", config.data.data_dir, config.data.download
-    )
+    images, _ = datasets.read_split(config.data, f"{split}[:{num_images}]")
     batch = min(_LIKELIHOOD_BATCH, len(images))
     num_classes = experiment.num_classes
 
@@ -345,7 +389,7 @@ def bits_per_dim_of_split(pipeline: Pipeline, num_images: int, split: str = "tes
     key = jax.random.fold_in(jax.random.key(config.seed), 7)
     keys = (jax.random.fold_in(key, index) for index in itertools.count())
     logger.info("eval: bits/dim of %d images", len(images))
-    bpd = data.map_in_chunks(
+    bpd = map_in_chunks(
         lambda chunk: per_example(pipeline.params, next(keys), chunk), images, batch
     )
     return float(np.mean(bpd))
@@ -367,9 +411,7 @@ def inception_fid(
         with np.load(path) as cached:
             reference = cached["features"]
     else:
-        real, _ = data.load_split(
-            config.data.dataset, split, config.data.data_dir, config.data.download
-        )
+        real, _ = datasets.read_split(config.data, split)
         reference = inception_features(variables, real)
         if jax.process_index() == 0:
             with open(path + ".tmp", "wb") as f:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import conditioning, data, parallel, samplers
+from jaxdiff import conditioning, datasets, parallel, samplers
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_autoencoder, create_model
 from jaxdiff.models.autoencoder import latent_shape
@@ -26,6 +26,8 @@ class Experiment:
     # What the score model generates: the images, or the autoencoder's latents.
     data_shape: tuple[int, int, int]
     mesh: jax.sharding.Mesh
+    # The dataset's shape and class names (whether or not the model is conditional).
+    dataset: datasets.DatasetInfo
     # Classes the model is conditioned on (0: unconditional); label num_classes is null.
     num_classes: int = 0
     # Class ids named by sampling.prompt, one grid row each; () samples unconditionally.
@@ -33,6 +35,9 @@ class Experiment:
     # Latent diffusion's autoencoder (None in pixel space).
     autoencoder: nn.Module | None = None
 
+
+# data.on_device: keep the training split on the devices, stream it, or choose by size.
+ON_DEVICE_CHOICES = ("auto", "always", "never")
 
 _POSITIVE_TRAINING_FIELDS = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
 
@@ -90,12 +95,27 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       UserError: for any unknown name or impossible setting, naming the field.
     """
     config = config.copy_and_resolve_references()
-    image_shape, dataset_classes = data.dataset_info(config.data.dataset)
+    if config.data.on_device not in ON_DEVICE_CHOICES:
+        raise UserError(
+            f"data.on_device must be one of {', '.join(ON_DEVICE_CHOICES)}, "
+            f"got {config.data.on_device!r}"
+        )
+    dataset = datasets.dataset_info(config.data, need_labels=config.model.conditional)
+    datasets.record(config.data, dataset)
+    image_shape = dataset.image_shape
     sde = create_sde(config.sde)
     samplers.create_sampler(config.sampling)
     mesh = parallel.create_mesh()
     t = config.training
     check_optimization(t, "training", mesh.size)
+    if t.grad_accum_steps < 1:
+        raise UserError(f"training.grad_accum_steps must be positive, got {t.grad_accum_steps}")
+    # Each device must hold an equal share of every micro-batch.
+    if t.batch_size % (t.grad_accum_steps * mesh.size):
+        raise UserError(
+            f"training.batch_size={t.batch_size} is not divisible by "
+            f"training.grad_accum_steps={t.grad_accum_steps} x {mesh.size} device(s)"
+        )
     if not 0.0 < t.eps < 1.0:
         raise UserError(f"training.eps must be in (0, 1), got {t.eps}")
     if config.sampling.num_samples < 1:
@@ -111,8 +131,8 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
                 "data.random_flip cannot be used with autoencoder.enabled: the latents are "
                 "encoded once, without flips; set --config.data.random_flip=False"
             )
-    num_classes = dataset_classes if config.model.conditional else 0
-    prompt_labels = _check_conditioning(config, num_classes)
+    num_classes = dataset.num_classes if config.model.conditional else 0
+    prompt_labels = _check_conditioning(config, dataset, num_classes)
     model = create_model(config.model, data_shape, dtype, num_classes)
     return Experiment(
         config=config,
@@ -121,13 +141,16 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
         image_shape=image_shape,
         data_shape=data_shape,
         mesh=mesh,
+        dataset=dataset,
         num_classes=num_classes,
         prompt_labels=tuple(prompt_labels),
         autoencoder=autoencoder,
     )
 
 
-def _check_conditioning(config: ml_collections.ConfigDict, num_classes: int) -> list[int]:
+def _check_conditioning(
+    config: ml_collections.ConfigDict, dataset: datasets.DatasetInfo, num_classes: int
+) -> list[int]:
     """Validates the conditioning fields; returns the prompt's class ids."""
     s = config.sampling
     if not num_classes:
@@ -146,4 +169,4 @@ def _check_conditioning(config: ml_collections.ConfigDict, num_classes: int) -> 
         raise UserError(f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
     if s.samples_per_class < 1:
         raise UserError(f"sampling.samples_per_class must be positive, got {s.samples_per_class}")
-    return conditioning.parse_prompt(s.prompt, config.data.dataset)
+    return conditioning.parse_prompt(s.prompt, dataset)

@@ -20,12 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data, parallel
+from jaxdiff import data, datasets, parallel, streaming
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
 from jaxdiff.experiment import Experiment
-from jaxdiff.loop import apply_update, compile_train_call, run_training
+from jaxdiff.loop import TrainData, apply_update, compile_train_call, run_training, split_batch_key
 from jaxdiff.models.autoencoder import kl_divergence
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.state import TrainState, abstract_state, create_autoencoder_state, create_optimizer
@@ -53,7 +53,7 @@ def autoencoder_loss(
 def autoencoder_step(
     state: TrainState,
     key: jax.Array,
-    dataset: data.DeviceDataset,
+    dataset: TrainData,
     *,
     autoencoder,
     tx: optax.GradientTransformation,
@@ -61,9 +61,9 @@ def autoencoder_step(
     batch_sharding: jax.sharding.NamedSharding,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of the autoencoder on a batch drawn on device. Pure; jit it."""
-    batch_key, noise_key = jax.random.split(jax.random.fold_in(key, state.step))
+    _, noise_key = jax.random.split(jax.random.fold_in(key, state.step))
     x, _ = data.draw_batch(
-        batch_key,
+        split_batch_key(key, state.step),
         dataset,
         config.autoencoder.batch_size,
         batch_sharding,
@@ -204,7 +204,14 @@ def train_autoencoder(
                 name="autoencoder",
                 state=state,
                 train_call=compile_train_call(step_fn, c.steps_per_call, experiment.mesh),
-                dataset=data.to_device(images, labels, experiment.mesh),
+                dataset=streaming.training_data(
+                    images,
+                    labels,
+                    experiment.mesh,
+                    config.data.on_device,
+                    split_batch_key,
+                    "autoencoder data",
+                ),
                 key=jax.random.fold_in(jax.random.key(config.seed), 4),
                 group=c,
                 checkpointer=checkpointer,
@@ -222,12 +229,7 @@ def train_autoencoder(
 def _evaluate(experiment, state, directory, metrics_log, is_main) -> None:
     """Test-split reconstruction metrics and grid of the finished autoencoder."""
     config = experiment.config
-    test_images, _ = data.load_split(
-        config.data.dataset,
-        config.autoencoder.eval_split,
-        config.data.data_dir,
-        config.data.download,
-    )
+    test_images, _ = datasets.read_split(config.data, config.autoencoder.eval_split)
     reconstructions = reconstruct(experiment, state.ema_params, test_images)
     metrics = reconstruction_metrics(test_images, reconstructions)
     step = int(state.step)

@@ -5,6 +5,7 @@ A model brings its own pure step (loss, gradients, then `apply_update`);
 the calls: logging, throughput, non-finite losses, checkpoints and callbacks.
 """
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -16,9 +17,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data, parallel, preemption
+from jaxdiff import data, parallel, preemption, streaming
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.compiler import jit
+from jaxdiff.compiler import jit, memory_summary
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.state import TrainState, create_learning_rate_schedule
 
@@ -50,11 +51,23 @@ def apply_update(
     return updated.replace(step=state.step + 1)
 
 
-TrainCall = Callable[[TrainState, jax.Array, data.DeviceDataset], tuple[TrainState, dict]]
+TrainData = data.DeviceDataset | data.StreamedBatches
+
+
+def split_batch_key(key: jax.Array, step: jax.Array) -> jax.Array:
+    """The batch key of a step that splits `fold_in(key, step)` in two and draws with the first.
+
+    The classifier's and the autoencoder's steps do; streaming computes the same
+    key on the host (`streaming.HostStream`).
+    """
+    return jax.random.split(jax.random.fold_in(key, step))[0]
+
+
+TrainCall = Callable[[TrainState, jax.Array, TrainData], tuple[TrainState, dict]]
 
 
 def compile_train_call(
-    step_fn: Callable[[TrainState, jax.Array, data.DeviceDataset], tuple[TrainState, dict]],
+    step_fn: Callable[[TrainState, jax.Array, TrainData], tuple[TrainState, dict]],
     num_steps: int,
     mesh: jax.sharding.Mesh,
     python_loop: bool | None = None,
@@ -67,16 +80,23 @@ def compile_train_call(
     times slower (docs/performance.md). `python_loop`
     overrides that choice (for benchmarks). Returns per-step metrics stacked
     along a leading axis.
+
+    The call takes a `DeviceDataset`, which every step draws from, or the
+    call's `StreamedBatches`, whose i-th batch step i takes.
     """
     unroll_in_python = jax.default_backend() == "cpu" if python_loop is None else python_loop
 
     def call(state, key, dataset):
+        streamed = isinstance(dataset, data.StreamedBatches)
         if unroll_in_python:
             metrics = []
-            for _ in range(num_steps):
-                state, step_metrics = step_fn(state, key, dataset)
+            for i in range(num_steps):
+                batch = jax.tree.map(lambda a, i=i: a[i], dataset) if streamed else dataset
+                state, step_metrics = step_fn(state, key, batch)
                 metrics.append(step_metrics)
             return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+        if streamed:
+            return jax.lax.scan(lambda state, batch: step_fn(state, key, batch), state, dataset)
         return jax.lax.scan(lambda state, _: step_fn(state, key, dataset), state, length=num_steps)
 
     replicated = parallel.replicated(mesh)
@@ -88,7 +108,7 @@ def run_training(
     name: str,
     state: TrainState,
     train_call: TrainCall,
-    dataset: data.DeviceDataset,
+    dataset: "data.DeviceDataset | streaming.HostStream",
     key: jax.Array,
     group: ml_collections.ConfigDict,
     checkpointer: Checkpointer,
@@ -110,13 +130,26 @@ def run_training(
     applied (see `apply_update`) and are counted in `nonfinite_steps`. A stop
     signal (see `preemption`) ends the loop after the current call with a
     checkpoint of that step and raises `Preempted`.
+
+    `dataset` is on the devices, or a `streaming.HostStream` whose batches
+    come call by call.
     """
     schedule = create_learning_rate_schedule(group)
     step = int(state.step)
+    if isinstance(dataset, streaming.HostStream):
+        batches = dataset.calls(key, step, group.num_steps, group.steps_per_call, group.batch_size)
+    else:
+        batches = itertools.repeat(dataset)
     pending, last_log_step, last_log_time = [], step, time.perf_counter()
-    first_call, start = True, last_log_time
+    first_call, start, compiled = True, last_log_time, None
     while step < group.num_steps:
-        state, metrics = train_call(state, key, dataset)
+        batch = next(batches)
+        if compiled is None:
+            # Compiled ahead of the first call, so the memory XLA assigned it is known
+            # before it runs; every call then runs this one program.
+            compiled = train_call.lower(state, key, batch).compile()
+            logger.info("%s: %s", name, memory_summary(compiled, "train call"))
+        state, metrics = compiled(state, key, batch)
         pending.append(metrics)
         step += group.steps_per_call
         if first_call:

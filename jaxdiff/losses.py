@@ -7,6 +7,36 @@ from jaxdiff.common import ScoreFn, per_example
 from jaxdiff.sde import SDE
 
 
+def dsm_noise(key: jax.Array, x0: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    """The random part of `dsm_loss`: times t ~ U(eps, 1) (B,) and noise z ~ N(0, I) like x0.
+
+    Drawn once for a whole batch, they let the batch's loss be computed in
+    micro-batches (gradient accumulation) with exactly the big batch's noise.
+
+    Args:
+      key: PRNG key for t and z.
+      x0: clean data, (B, ...); only its shape is read.
+      eps: smallest time, which keeps std(t) away from 0.
+
+    Returns:
+      (t, z).
+    """
+    t_key, z_key = jax.random.split(key)
+    t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=1.0)
+    z = jax.random.normal(z_key, x0.shape)
+    return t, z
+
+
+def dsm_loss_given_noise(
+    score_fn: ScoreFn, sde: SDE, x0: jax.Array, t: jax.Array, z: jax.Array
+) -> jax.Array:
+    """`dsm_loss` at given times t (B,) and noise z (shaped like x0); see `dsm_noise`."""
+    mean, std = sde.marginal_prob(x0, t)
+    score = score_fn(mean + per_example(std, x0) * z, t)
+    residual = per_example(std, x0) * score.astype(jnp.float32) + z
+    return jnp.mean(jnp.sum(residual**2, axis=tuple(range(1, x0.ndim))))
+
+
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: float) -> jax.Array:
     """Denoising score matching loss with the seed's weighting lambda(t) = std(t)^2.
 
@@ -24,10 +54,5 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: fl
     Returns:
       The scalar loss.
     """
-    t_key, z_key = jax.random.split(key)
-    t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=1.0)
-    z = jax.random.normal(z_key, x0.shape)
-    mean, std = sde.marginal_prob(x0, t)
-    score = score_fn(mean + per_example(std, x0) * z, t)
-    residual = per_example(std, x0) * score.astype(jnp.float32) + z
-    return jnp.mean(jnp.sum(residual**2, axis=tuple(range(1, x0.ndim))))
+    t, z = dsm_noise(key, x0, eps)
+    return dsm_loss_given_noise(score_fn, sde, x0, t, z)

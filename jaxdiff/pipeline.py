@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff import conditioning, editing, latent, parallel, preemption, samplers
+from jaxdiff import conditioning, datasets, editing, latent, parallel, preemption, samplers
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.compiler import jit
 from jaxdiff.errors import UserError
@@ -123,7 +123,7 @@ class Pipeline:
     @property
     def class_names(self) -> tuple[str, ...]:
         """The dataset's class names; a conditional model's label i is class_names[i]."""
-        return conditioning.CLASS_NAMES[self.config.data.dataset]
+        return self.experiment.dataset.class_names
 
     def sampling_experiment(
         self,
@@ -445,6 +445,10 @@ def load(
         config.json or does not fit the checkpoint.
     """
     workdir = os.path.abspath(workdir)
+    if config is not None and os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        # What the run found out about its data (shape, classes) need not be found again.
+        config = config.copy_and_resolve_references()
+        datasets.adopt_recorded(config.data, read_config(workdir).data)
     # A given config is checked before the workdir, as the command line does.
     experiment = None if config is None else create_experiment(config)
     if config is not None:
@@ -642,7 +646,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
         os.makedirs(os.path.dirname(stem), exist_ok=True)
     settings = _sample_settings(pipeline, batches)
     fields = dict(
-        class_names=np.asarray(conditioning.CLASS_NAMES[config.data.dataset]),
+        class_names=np.asarray(experiment.dataset.class_names),
         step=pipeline.step,
         sampler=s.sampler,
         num_steps=samplers.num_steps(s),

@@ -163,9 +163,7 @@ def make_sample_fn(
 def grid_image(images: np.ndarray, experiment: Experiment) -> np.ndarray:
     """The picture of a batch of samples: one labelled row per prompted class, else square."""
     if experiment.prompt_labels:
-        names = conditioning.row_names(
-            list(experiment.prompt_labels), experiment.config.data.dataset
-        )
+        names = conditioning.row_names(list(experiment.prompt_labels), experiment.dataset)
         return labeled_grid(images, names)
     return image_grid(images)
 
@@ -203,7 +201,7 @@ def strip_rows(experiment: Experiment, num: int) -> tuple[np.ndarray, list[str] 
     # Samples are row by row, class by class: sample j of class c is c * per_class + j.
     order = [c * per_class + j for j in range(per_class) for c in range(classes)]
     rows = np.asarray(order[:STRIP_MAX_ROWS])
-    names = conditioning.row_names(list(experiment.prompt_labels), experiment.config.data.dataset)
+    names = conditioning.row_names(list(experiment.prompt_labels), experiment.dataset)
     return rows, [names[row // per_class] for row in rows]
 
 

@@ -29,6 +29,12 @@ LOCK_FILE = ".lock"
 SAFE_TO_CHANGE = (
     "data.data_dir",
     "data.download",
+    # Where the data is kept and how it is read: the same batches either way.
+    "data.cache_dir",
+    "data.on_device",
+    # The same step in less memory.
+    "model.remat",
+    "training.grad_accum_steps",
     "sampling.",
     "training.log_every",
     "training.checkpoint_every",
@@ -124,6 +130,9 @@ DEFINE_THE_MODEL = (
     "model.",
     "sde.",
     "data.dataset",
+    "data.image_size",
+    "data.channels",
+    "data.class_names",
     "data.centered",
     "autoencoder.enabled",
     "autoencoder.channels",

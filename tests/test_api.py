@@ -248,7 +248,7 @@ def test_every_config_file_is_reachable_by_name_from_the_installed_package():
     files = {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__", "default"}
     assert set(configs.NAMES) == files
     for name in configs.NAMES:
-        assert get_config(name).data.dataset in ("mnist", "fashion_mnist", "cifar10")
+        assert get_config(name).data.dataset in ("mnist", "fashion_mnist", "cifar10", "folder")
     # Installed as jaxdiff.configs, not as a top-level package of its own.
     script = "import importlib.util; print(importlib.util.find_spec('configs'))"
     found = subprocess.run(

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdiff import conditioning, data, parallel
+from jaxdiff import data, datasets, parallel
 from jaxdiff.conditioning import guided_score_fn, parse_prompt
 from jaxdiff.errors import UserError
 from jaxdiff.samplers import create_sampler
@@ -36,33 +36,33 @@ from .test_samplers import SAMPLERS, sampling_config
 def test_prompt_parsing(dataset, prompt, expected):
     if expected is None:
         with pytest.raises(UserError, match="names no class"):
-            parse_prompt(prompt, dataset)
+            parse_prompt(prompt, datasets.dataset_info(dataset))
     else:
-        assert parse_prompt(prompt, dataset) == expected
+        assert parse_prompt(prompt, datasets.dataset_info(dataset)) == expected
 
 
 def test_unknown_word_is_one_line_listing_the_valid_ones():
     with pytest.raises(UserError) as error:
-        parse_prompt("cat,unicorn", "cifar10")
+        parse_prompt("cat,unicorn", datasets.dataset_info("cifar10"))
     message = str(error.value)
     assert "\n" not in message
     assert "'unicorn'" in message
-    for name in conditioning.CLASS_NAMES["cifar10"]:
+    for name in datasets.CLASS_NAMES["cifar10"]:
         assert name in message
     assert "lorry" in message  # aliases are listed too
     with pytest.raises(UserError, match=r"class 10 .* out of range .*0-9"):
-        parse_prompt("10", "mnist")
+        parse_prompt("10", datasets.dataset_info("mnist"))
     with pytest.raises(UserError, match="unknown class 'sneaker'"):
-        parse_prompt("sneaker", "mnist")
+        parse_prompt("sneaker", datasets.dataset_info("mnist"))
 
 
-@pytest.mark.parametrize("dataset", sorted(conditioning.CLASS_NAMES))
+@pytest.mark.parametrize("dataset", sorted(datasets.CLASS_NAMES))
 def test_class_names_are_the_tfds_label_names(dataset):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(dataset, data_dir=data.resolve_data_dir(""))
-    assert tuple(builder.info.features["label"].names) == conditioning.CLASS_NAMES[dataset]
-    assert len(conditioning.CLASS_NAMES[dataset]) == data.dataset_info(dataset)[1]
+    assert tuple(builder.info.features["label"].names) == datasets.CLASS_NAMES[dataset]
+    assert datasets.dataset_info(dataset).class_names == datasets.CLASS_NAMES[dataset]
 
 
 @pytest.mark.parametrize("drop_prob", [0.1, 0.3])

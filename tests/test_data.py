@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import data, parallel
+from jaxdiff import data, datasets, parallel
 from jaxdiff.errors import UserError
 
 
@@ -19,14 +19,14 @@ def test_load_split_reads_real_images(name, shape):
     assert labels.shape == (200,) and set(np.unique(labels)) <= set(range(10))
     assert len(set(np.unique(labels))) > 5  # a real mix of classes
     assert images.max() > 200 and images.min() == 0  # real pixel values, not a blank array
-    assert data.dataset_info(name)[0] == shape
+    assert datasets.dataset_info(name).image_shape == shape
 
 
 def test_unknown_dataset_lists_the_choices():
     with pytest.raises(
         UserError, match=r"unknown data.dataset 'svhn'.*cifar10.*fashion_mnist.*mnist"
     ):
-        data.dataset_info("svhn")
+        datasets.dataset_info("svhn")
 
 
 def test_bad_split_is_one_line():

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff import data
+from jaxdiff.datasets import data_config
 from jaxdiff.edit_inputs import (
     MASK_NAMES,
     check_images,
@@ -18,6 +19,8 @@ from jaxdiff.edit_inputs import (
 )
 from jaxdiff.errors import UserError
 from jaxdiff.visualize import save_png
+
+MNIST = data_config("mnist")
 
 
 def one_line_error(fn, *args, **kwargs) -> str:
@@ -237,7 +240,7 @@ def test_latent_mask_fills_every_cell_that_touches_a_hole():
 
 def test_split_source_equals_load_split():
     data_dir = os.environ["TFDS_DATA_DIR"]
-    images, labels = load_sources("test[:5]", "mnist", (28, 28, 1), data_dir=data_dir)
+    images, labels = load_sources("test[:5]", data_config("mnist", data_dir=data_dir), (28, 28, 1))
     expected_images, expected_labels = data.load_split("mnist", "test[:5]", data_dir)
     assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
     assert labels.dtype == np.int32
@@ -248,7 +251,10 @@ def test_split_source_equals_load_split():
 
 def test_split_of_a_missing_dataset_is_load_splits_error(tmp_path):
     message = one_line_error(
-        load_sources, "test[:5]", "mnist", (28, 28, 1), data_dir=str(tmp_path), download=False
+        load_sources,
+        "test[:5]",
+        data_config("mnist", data_dir=str(tmp_path), download=False),
+        (28, 28, 1),
     )
     assert "dataset 'mnist' not found" in message
 
@@ -269,15 +275,15 @@ def test_png_files_directories_and_globs_round_trip_in_order(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     (folder / "sub.png").mkdir()  # a directory, not a file: skipped
     # A directory: its images sorted by name (a, b, c.PNG, d).
-    got, labels = load_sources(str(folder), "mnist", (28, 28, 1))
+    got, labels = load_sources(str(folder), MNIST, (28, 28, 1))
     assert got.dtype == np.uint8 and labels.dtype == np.int32
     np.testing.assert_array_equal(got, images[[1, 0, 2, 3]])
     np.testing.assert_array_equal(labels, [-1, -1, -1, -1])
     # A glob, sorted; then files in the order given, with spaces after commas.
-    got, _ = load_sources(str(folder / "[bd].png"), "mnist", (28, 28, 1))
+    got, _ = load_sources(str(folder / "[bd].png"), MNIST, (28, 28, 1))
     np.testing.assert_array_equal(got, images[[0, 3]])
     spec = f"{folder / 'd.png'}, {folder / 'a.png'},{folder / 'b*.png'}"
-    got, labels = load_sources(spec, "mnist", (28, 28, 1))
+    got, labels = load_sources(spec, MNIST, (28, 28, 1))
     np.testing.assert_array_equal(got, images[[3, 1, 0]])
     assert labels.shape == (3,)
 
@@ -286,7 +292,7 @@ def test_jpeg_files_are_read(tmp_path):
     # A flat grey image survives JPEG exactly enough to compare with a tolerance.
     path = tmp_path / "flat.jpg"
     Image.fromarray(np.full((28, 28), 100, np.uint8), "L").save(path, quality=95)
-    got, labels = load_sources(str(tmp_path), "mnist", (28, 28, 1))
+    got, labels = load_sources(str(tmp_path), MNIST, (28, 28, 1))
     assert got.shape == (1, 28, 28, 1) and labels.tolist() == [-1]
     assert np.abs(got.astype(int) - 100).max() <= 2
 
@@ -302,7 +308,7 @@ def test_colour_modes_are_converted_to_the_models_channels(tmp_path):
     palette.save(tmp_path / "palette.png")
     got, _ = load_sources(
         f"{tmp_path / 'rgb.png'},{tmp_path / 'rgba.png'},{tmp_path / 'palette.png'}",
-        "cifar10",
+        data_config("cifar10"),
         (32, 32, 3),
     )
     np.testing.assert_array_equal(got[0], rgb)
@@ -318,7 +324,7 @@ def test_colour_modes_are_converted_to_the_models_channels(tmp_path):
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit
     got, _ = load_sources(
         ",".join(str(tmp_path / n) for n in ("la.png", "gray_palette.png", "deep.png")),
-        "mnist",
+        MNIST,
         (28, 28, 1),
     )
     assert got.shape == (3, 28, 28, 1)
@@ -328,30 +334,32 @@ def test_colour_modes_are_converted_to_the_models_channels(tmp_path):
 
 def test_image_of_another_shape_is_one_line_and_not_resized(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8), "RGB").save(tmp_path / "a.png")
-    message = one_line_error(load_sources, str(tmp_path / "a.png"), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(tmp_path / "a.png"), MNIST, (28, 28, 1))
     assert message == (
         f"image {tmp_path / 'a.png'} is 32x32 with 3 channels; "
         "this model takes 28x28 with 1 channel (editing.source)"
     )
     save_png(str(tmp_path / "b.png"), np.zeros((28, 28, 1), np.uint8))
-    message = one_line_error(load_sources, str(tmp_path / "b.png"), "cifar10", (32, 32, 3))
+    message = one_line_error(
+        load_sources, str(tmp_path / "b.png"), data_config("cifar10"), (32, 32, 3)
+    )
     assert "is 28x28 with 1 channel; this model takes 32x32 with 3 channels" in message
 
 
 def test_missing_paths_and_bad_files_are_one_line(tmp_path):
-    message = one_line_error(load_sources, str(tmp_path / "nope.png"), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(tmp_path / "nope.png"), MNIST, (28, 28, 1))
     assert f"editing.source '{tmp_path / 'nope.png'}'" in message
     assert "neither a split" in message and "test[:16]" in message
-    message = one_line_error(load_sources, str(tmp_path / "*.png"), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(tmp_path / "*.png"), MNIST, (28, 28, 1))
     assert message == f"editing.source pattern '{tmp_path / '*.png'}' matches no file"
-    message = one_line_error(load_sources, str(tmp_path), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(tmp_path), MNIST, (28, 28, 1))
     assert message == f"editing.source directory '{tmp_path}' has no .png/.jpg/.jpeg files"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    message = one_line_error(load_sources, str(broken), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(broken), MNIST, (28, 28, 1))
     assert message.startswith(f"cannot read image '{broken}' (editing.source): ")
     for spec in ("", " , "):
-        message = one_line_error(load_sources, spec, "mnist", (28, 28, 1))
+        message = one_line_error(load_sources, spec, MNIST, (28, 28, 1))
         assert message.startswith("editing.source is empty")
 
 
@@ -360,10 +368,13 @@ def test_split_expressions_are_told_apart_from_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "test").mkdir()
     save_png(str(tmp_path / "test" / "x.png"), gray_images(1)[0])
-    got, labels = load_sources("./test", "mnist", (28, 28, 1))
+    got, labels = load_sources("./test", MNIST, (28, 28, 1))
     assert got.shape == (1, 28, 28, 1) and labels.tolist() == [-1]
     message = one_line_error(
-        load_sources, "validation", "mnist", (28, 28, 1), os.environ["TFDS_DATA_DIR"]
+        load_sources,
+        "validation",
+        data_config("mnist", data_dir=os.environ["TFDS_DATA_DIR"]),
+        (28, 28, 1),
     )
     assert re.match(r"cannot read 'mnist' split 'validation'", message)
 
@@ -440,7 +451,7 @@ def test_image_of_an_unsupported_mode_is_one_line(tmp_path):
     # A float image (PIL mode F), in a TIFF that PIL reads whatever its name.
     path = tmp_path / "float.png"
     Image.fromarray(np.zeros((28, 28), np.float32)).save(path, format="TIFF")
-    message = one_line_error(load_sources, str(path), "mnist", (28, 28, 1))
+    message = one_line_error(load_sources, str(path), MNIST, (28, 28, 1))
     assert message == (
         f"image '{path}' has PIL mode 'F', which editing.source does not read: "
         "save it as 8-bit grayscale or RGB"

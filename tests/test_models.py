@@ -20,7 +20,7 @@ from jaxdiff.configs import (
     mnist_seed,
 )
 
-from jaxdiff.data import dataset_info
+from jaxdiff.datasets import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model, layers, make_score_fn
 from jaxdiff.models import unet as unet_module
@@ -127,7 +127,7 @@ def expected_unet_params(channels, blocks, attn_sides, side, embed, image_channe
 @pytest.mark.parametrize("config_module", [mnist, fashion_mnist, cifar10])
 def test_each_config_builds_its_net_with_the_expected_parameter_count(config_module):
     config = config_module.get_config()
-    image_shape, _ = dataset_info(config.data.dataset)
+    image_shape = dataset_info(config.data.dataset).image_shape
     model = create_model(config.model, image_shape)
     params, out_shape = init_shapes(model, image_shape)
     assert out_shape == (2, *image_shape)
@@ -177,7 +177,8 @@ def test_networks_keep_flax_group_norm_parameter_names(monkeypatch):
     """Checkpoints written with flax's GroupNorm load into every network unchanged."""
     for config_module in (mnist, cifar10, cifar10_cond):
         config = config_module.get_config()
-        image_shape, num_classes = dataset_info(config.data.dataset)
+        info = dataset_info(config.data.dataset)
+        image_shape, num_classes = info.image_shape, info.num_classes
         model = create_model(config.model, image_shape, num_classes=num_classes)
         ours = jax.tree.map(jnp.shape, init_shapes(model, image_shape)[0])
         with monkeypatch.context() as patch:
@@ -291,7 +292,8 @@ def test_conditional_nets_add_transformers_and_class_tokens_to_the_unconditional
 ):
     config = config_module.get_config()
     m = config.model
-    image_shape, num_classes = dataset_info(config.data.dataset)
+    info = dataset_info(config.data.dataset)
+    image_shape, num_classes = info.image_shape, info.num_classes
     params, out_shape = init_shapes(
         create_model(m, image_shape, num_classes=num_classes), image_shape
     )

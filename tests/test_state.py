@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jaxdiff.configs import mnist
 
-from jaxdiff.data import dataset_info
+from jaxdiff.datasets import dataset_info
 from jaxdiff.errors import UserError
 from jaxdiff.models import create_model
 from jaxdiff.state import create_learning_rate_schedule, create_optimizer
@@ -58,7 +58,7 @@ def test_weight_decay_touches_kernels_only():
 @pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
 def test_half_precision_keeps_float32_params_and_tracks_float32_output():
     config = mnist.get_config()
-    image_shape, _ = dataset_info("mnist")
+    image_shape = dataset_info("mnist").image_shape
     full = create_model(config.model, image_shape)
     half = create_model(config.model, image_shape, jnp.bfloat16)
     x = jax.random.uniform(jax.random.key(0), (4, *image_shape))

@@ -27,6 +27,7 @@ _SEED_FIELDS = (
     "embed_dim",
     "fourier_scale",
     "attention_resolutions",
+    "remat",
     *_CONDITIONING_FIELDS,
 )
 
@@ -43,8 +44,10 @@ def _seed_unet(upsample: str) -> Callable:
         for _ in range(3):
             sides.append((sides[-1] - 3) // 2 + 1)
         if sides[-1] < 1:
-            raise UserError(f"image {height}x{width} is too small for {name!r} (needs >= 16x16)")
-        fields = dict(channels=channels, embed_dim=c.embed_dim, fourier_scale=c.fourier_scale)
+            raise UserError(f"image {height}x{width} is too small for {name!r} (needs >= 17x17)")
+        fields = dict(
+            channels=channels, embed_dim=c.embed_dim, fourier_scale=c.fourier_scale, remat=c.remat
+        )
         if num_classes:
             if not set(sides) & set(c.attention_resolutions):
                 raise UserError(
@@ -92,6 +95,7 @@ def _unet(model_config, image_shape, num_classes, dtype):
         attention_resolutions=tuple(c.attention_resolutions),
         num_heads=c.num_heads,
         dropout=c.dropout,
+        remat=c.remat,
         dtype=dtype,
         **(_class_fields(c, num_classes) if num_classes else {}),
     )

@@ -2,6 +2,8 @@
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -198,6 +200,26 @@ class ClassContext(nn.Module):
         else:
             tokens = embed(labels)
         return tokens.reshape(labels.shape[0], self.num_tokens, self.features)
+
+
+def call_module(module: nn.Module, *args: Any) -> Any:
+    """`module(*args)`: the function `rematerialized` lifts to remat a submodule's call."""
+    return module(*args)
+
+
+def rematerialized(
+    fn: Callable[..., Any], remat: bool, static_argnums: tuple[int, ...] = ()
+) -> Callable[..., Any]:
+    """`fn`, or with `remat` `nn.remat(fn)`: its activations are then recomputed in the
+    backward pass, and only its inputs kept.
+
+    `fn` takes a module as its first argument: `call_module` with a submodule, or a
+    method of the calling module (`type(self).method` with `self`). The lifted call
+    runs in that module's own scope, so parameter names and shapes are the same with
+    and without remat, and checkpoints carry over. `static_argnums` count the module
+    as argument 0; Python values such as the `train` flag must be among them.
+    """
+    return nn.remat(fn, static_argnums=static_argnums) if remat else fn
 
 
 def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:

@@ -22,7 +22,9 @@ from jaxdiff.models.layers import (
     SelfAttentionBlock,
     SpatialTransformer,
     TimeEmbedding,
+    call_module,
     group_count,
+    rematerialized,
     resize_and_conv,
     resize_to,
 )
@@ -62,6 +64,9 @@ class SeedUNet(nn.Module, ConditioningMixin):
 
     Conditional (`num_classes > 0`): a spatial transformer follows every encoder
     level and decoder level whose side is in `attention_resolutions`.
+
+    `remat`: each level (conv or upsampling, time embedding, norm, swish and its
+    transformer) recomputes its activations in the backward pass; same parameters.
     """
 
     channels: Sequence[int] = (32, 64, 128, 256)
@@ -74,6 +79,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
     context_tokens: int = 4
     context_dim: int = 256
     ff_mult: int = 4
+    remat: bool = False
     dtype: Dtype = jnp.float32
 
     def _up(self, h: jax.Array, features: int, target: tuple[int, int], stride: int, bias: bool):
@@ -92,40 +98,52 @@ class SeedUNet(nn.Module, ConditioningMixin):
         del train  # The seed net has no dropout.
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
         context = self.context(labels, x.shape[0])
-
-        def attend(h):
-            if context is not None and h.shape[1] in self.attention_resolutions:
-                return self.transformer()(h, context)
-            return h
-
-        def add_time_and_normalize(h, groups=32):
-            h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
-            norm = GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)
-            return nn.swish(norm(h))
+        # The levels are methods of this module, so remat keeps their parameter names.
+        encoder_level = rematerialized(type(self)._encoder_level, self.remat, static_argnums=(4,))
+        decoder_level = rematerialized(type(self)._decoder_level, self.remat)
 
         # Encoder: 28 -> 26 -> 12 -> 5 -> 2 on MNIST.
         h = x.astype(self.dtype)
         encoder = []
-        for level, channels in enumerate(self.channels):
-            stride = 1 if level == 0 else 2
-            h = nn.Conv(
-                channels,
-                (3, 3),
-                stride,
-                "VALID",
-                use_bias=False,
-                dtype=self.dtype,
-                conv_general_dilated=ops.strided_conv_general_dilated,
-            )(h)
-            h = attend(add_time_and_normalize(h, groups=4 if level == 0 else 32))
+        for level in range(len(self.channels)):
+            h = encoder_level(self, h, temb, context, level)
             encoder.append(h)
         # Decoder: up to each encoder level's size, then add that level's activation.
         for level in range(len(self.channels) - 1, 0, -1):
-            skip = encoder[level - 1]
-            h = self._up(h, skip.shape[-1], skip.shape[1:3], stride=2, bias=False)
-            h = attend(add_time_and_normalize(h) + skip)
+            h = decoder_level(self, h, encoder[level - 1], temb, context)
         h = self._up(h, x.shape[-1], x.shape[1:3], stride=1, bias=True)
         return h.astype(jnp.float32)
+
+    def _attend(self, h: jax.Array, context: jax.Array | None) -> jax.Array:
+        if context is not None and h.shape[1] in self.attention_resolutions:
+            return self.transformer()(h, context)
+        return h
+
+    def _add_time_and_normalize(self, h: jax.Array, temb: jax.Array, groups: int = 32):
+        h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(temb)[:, None, None, :]
+        norm = GroupNorm(group_count(h.shape[-1], groups), dtype=self.dtype)
+        return nn.swish(norm(h))
+
+    def _encoder_level(
+        self, h: jax.Array, temb: jax.Array, context: jax.Array | None, level: int
+    ) -> jax.Array:
+        h = nn.Conv(
+            self.channels[level],
+            (3, 3),
+            1 if level == 0 else 2,
+            "VALID",
+            use_bias=False,
+            dtype=self.dtype,
+            conv_general_dilated=ops.strided_conv_general_dilated,
+        )(h)
+        h = self._add_time_and_normalize(h, temb, groups=4 if level == 0 else 32)
+        return self._attend(h, context)
+
+    def _decoder_level(
+        self, h: jax.Array, skip: jax.Array, temb: jax.Array, context: jax.Array | None
+    ) -> jax.Array:
+        h = self._up(h, skip.shape[-1], skip.shape[1:3], stride=2, bias=False)
+        return self._attend(self._add_time_and_normalize(h, temb) + skip, context)
 
 
 class UNet(nn.Module, ConditioningMixin):
@@ -139,6 +157,9 @@ class UNet(nn.Module, ConditioningMixin):
     `attention_resolutions`. The bottleneck is res-attn-res. Conditional
     (`num_classes > 0`): every attention block is a spatial transformer
     (self-attention, cross-attention to the condition tokens, feed-forward).
+
+    `remat`: every residual and attention block recomputes its activations in
+    the backward pass (the attention maps are the largest); same parameters.
     """
 
     channels: Sequence[int] = (64, 128, 128)
@@ -152,6 +173,7 @@ class UNet(nn.Module, ConditioningMixin):
     context_tokens: int = 4
     context_dim: int = 256
     ff_mult: int = 4
+    remat: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -160,12 +182,18 @@ class UNet(nn.Module, ConditioningMixin):
     ) -> jax.Array:
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
         context = self.context(labels, x.shape[0])
-        res = lambda c: ResBlock(c, self.dropout, self.dtype)  # noqa: E731
+        # `train` (argument 3 of the lifted call) decides dropout: static.
+        res_call = rematerialized(call_module, self.remat, static_argnums=(3,))
+        attn_call = rematerialized(call_module, self.remat)
+
+        def res(channels):
+            block = ResBlock(channels, self.dropout, self.dtype)
+            return lambda h, temb, train: res_call(block, h, temb, train)
 
         def attn():
             if context is None:
-                return SelfAttentionBlock(self.num_heads, self.dtype)
-            return lambda h: self.transformer()(h, context)
+                return lambda h: attn_call(SelfAttentionBlock(self.num_heads, self.dtype), h)
+            return lambda h: attn_call(self.transformer(), h, context)
 
         h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
