@@ -135,8 +135,20 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_accum_steps = 1
     # conditional only: probability that a training label is replaced by the null token.
     training.cond_drop_prob = 0.1
-    # Smallest diffusion time in the loss, t ~ U(eps, 1).
+    # Smallest diffusion time in the loss.
     training.eps = 1e-5
+    # The loss's diffusion times (jaxdiff/losses.py): "uniform" t ~ U(eps, 1) (the seed's),
+    # or "log_normal": ln sigma ~ N(p_mean, p_std^2), sigma = std / alpha (EDM's).
+    training.noise_distribution = "uniform"
+    # log_normal only: EDM's P_mean and P_std.
+    training.p_mean = -1.2
+    training.p_std = 1.2
+    # Each example's weight: "std2" (the seed's lambda(t) = std(t)^2), "edm"
+    # ((sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the denoiser; sigma_data is
+    # model.sigma_data) or "min_snr" (min(SNR, gamma) / SNR on the noise prediction).
+    training.loss_weighting = "std2"
+    # min_snr only: its gamma.
+    training.min_snr_gamma = 5.0
     # bf16 compute with float32 parameters and optimizer state.
     training.half_precision = False
     # Draw a sample grid with the EMA parameters at each checkpoint.

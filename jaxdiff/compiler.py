@@ -135,7 +135,7 @@ def memory_summary(
     except NotImplementedError:  # Backends without the analysis may raise instead.
         stats = None
     device = device or jax.local_devices()[0]
-    capacity, source, sharing = _device_capacity(device)
+    capacity, source, sharing = device_memory(device)
     if stats is None:
         return MemorySummary(name, None, None, None, None, None, capacity, source, sharing)
     return MemorySummary(
@@ -162,8 +162,11 @@ def call_memory_summary(
     return memory_summary(jitted.lower(*args, **kwargs).compile(), name)
 
 
-def _device_capacity(device: jax.Device) -> tuple[int, str, int]:
-    """(bytes, "device" or "host", devices sharing them) of the memory `device` can use."""
+def device_memory(device: jax.Device) -> tuple[int, str, int]:
+    """(bytes, "device" or "host", local devices sharing them) of the memory `device` can use.
+
+    A backend without memory statistics (CPU) gives the host's physical memory.
+    """
     stats = device.memory_stats()
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), "device", 1

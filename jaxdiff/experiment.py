@@ -9,6 +9,7 @@ import ml_collections
 
 from jaxdiff import conditioning, datasets, parallel, samplers
 from jaxdiff.errors import UserError
+from jaxdiff.losses import LOSS_WEIGHTINGS, NOISE_DISTRIBUTIONS
 from jaxdiff.models import create_autoencoder, create_model
 from jaxdiff.models.autoencoder import latent_shape
 from jaxdiff.sde import SDE, create_sde
@@ -118,6 +119,19 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
         )
     if not 0.0 < t.eps < 1.0:
         raise UserError(f"training.eps must be in (0, 1), got {t.eps}")
+    for field, choices in (
+        ("noise_distribution", NOISE_DISTRIBUTIONS),
+        ("loss_weighting", LOSS_WEIGHTINGS),
+    ):
+        if t[field] not in choices:
+            raise UserError(
+                f"unknown training.{field} {t[field]!r}; choose one of {', '.join(choices)}"
+            )
+    if t.p_std <= 0 or t.min_snr_gamma <= 0:
+        raise UserError(
+            f"training.p_std and training.min_snr_gamma must be positive, got {t.p_std} "
+            f"and {t.min_snr_gamma}"
+        )
     if config.sampling.num_samples < 1:
         raise UserError(f"sampling.num_samples must be positive, got {config.sampling.num_samples}")
     dtype = jnp.bfloat16 if t.half_precision else None

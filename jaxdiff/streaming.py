@@ -10,7 +10,6 @@ path would give it: the same rows, the same flips, for any number of devices.
 """
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff import data, parallel
-from jaxdiff.compiler import jit
+from jaxdiff.compiler import device_memory, jit
 
 logger = logging.getLogger("jaxdiff")
 
@@ -34,21 +33,17 @@ PREFETCH_CALLS = 2
 BatchKeyFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def device_memory_bytes() -> tuple[int, str]:
-    """Memory of one device and what it is: the accelerator's, or on CPU the host's."""
-    device = jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), device.device_kind
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+def device_memory_bytes() -> int:
+    """The memory one device can use (on CPU, its share of the host's)."""
+    capacity, _, sharing = device_memory(jax.local_devices()[0])
+    return capacity // sharing
 
 
 def keep_on_device(choice: str, nbytes: int, mesh: Mesh) -> bool:
     """`data.on_device`: "always", "never", or "auto" (the split's share of device memory)."""
     if choice in ("always", "never"):
         return choice == "always"
-    capacity, _ = device_memory_bytes()
-    return nbytes / mesh.size <= AUTO_DEVICE_SHARE * capacity
+    return nbytes / mesh.size <= AUTO_DEVICE_SHARE * device_memory_bytes()
 
 
 class HostStream:
@@ -156,20 +151,18 @@ def training_data(
 ) -> data.DeviceDataset | HostStream:
     """The split on the devices (`data.to_device`) or streamed from the host (`data.on_device`)."""
     nbytes = int(np.prod(images.shape)) * images.dtype.itemsize
-    capacity, kind = device_memory_bytes()
     if keep_on_device(on_device, nbytes, mesh):
         logger.info(
             "%s: %d examples (%.2f GiB) on the device(s)", what, len(images), nbytes / 2**30
         )
         return data.to_device(images, labels, mesh)
     logger.info(
-        "%s: %d examples (%.2f GiB) streamed from the host (data.on_device=%s; %.1f GiB of %s "
-        "per device)",
+        "%s: %d examples (%.2f GiB) streamed from the host (data.on_device=%s; %.1f GiB of "
+        "memory per device)",
         what,
         len(images),
         nbytes / 2**30,
         on_device,
-        capacity / 2**30,
-        kind,
+        device_memory_bytes() / 2**30,
     )
     return HostStream(images, labels, mesh, batch_key)

@@ -18,7 +18,7 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.experiment import Experiment, create_experiment
 from jaxdiff.loop import TrainCall, TrainData, apply_update, compile_train_call, run_training
 from jaxdiff.loss_curve import write_loss_curves
-from jaxdiff.losses import dsm_loss_given_noise, dsm_noise
+from jaxdiff.losses import draw_training_noise, dsm_loss_given_noise, loss_recipe, loss_weights
 from jaxdiff.models import count_params, make_score_fn
 from jaxdiff.reporting import MetricsLog
 from jaxdiff.sde import SDE
@@ -120,11 +120,12 @@ def loss_and_grads(
 ) -> tuple[jax.Array, Any]:
     """The DSM loss of the batch `x0` (`labels`: its classes, or None) and its gradient.
 
-    The noise (t and z) is drawn from `loss_key` once for the whole batch, as
-    `dsm_loss` draws it. With `training.grad_accum_steps` = k > 1 the batch is
-    split into k micro-batches of B/k examples whose losses and gradients are
-    summed and divided by k: the whole batch's loss and gradient up to float
-    rounding, while the backward pass holds one micro-batch's activations.
+    The noise (t and z) is drawn from `loss_key` once for the whole batch, by the
+    config's training recipe (`losses.LossRecipe`), as are the examples' weights.
+    With `training.grad_accum_steps` = k > 1 the batch is split into k
+    micro-batches of B/k examples whose losses and gradients are summed and
+    divided by k: the whole batch's loss and gradient up to float rounding,
+    while the backward pass holds one micro-batch's activations.
     Micro-batch i holds examples i, i + k, i + 2k, ...: the batch axis is sharded
     over devices in contiguous blocks, so each device keeps its share of every
     micro-batch and nothing moves between devices. Dropout (unet) is the one
@@ -133,34 +134,36 @@ def loss_and_grads(
 
     The micro-batches run in a `lax.scan`, on CPU too, although XLA:CPU runs the
     backward pass inside a loop several times slower (see `loop.compile_train_call`):
-    only the loop bounds the memory. Unrolled, XLA:CPU schedules the micro-batches
-    side by side (seed_unet, batch 64, k = 4: temp memory 79 MiB unrolled, 24 MiB
-    in the scan, 86 MiB with k = 1; 3.3 s per step against 0.5 s).
+    only the loop bounds the memory: unrolled, XLA:CPU schedules the micro-batches
+    side by side and keeps most of the big batch's activations.
 
     Returns:
       (loss, grads), grads shaped like `params`.
     """
     k = config.training.grad_accum_steps
-    t, z = dsm_noise(loss_key, x0, config.training.eps)
+    recipe = loss_recipe(config)
+    t, z = draw_training_noise(loss_key, x0, sde, recipe)
+    weights = loss_weights(sde, t, recipe)
 
     def micro_batch_loss_and_grads(batch, dropout_key):
-        x0, labels, t, z = batch
+        x0, labels, t, z, weights = batch
 
         def loss_fn(params):
             score_fn = make_score_fn(
                 model, params, sde, config.model, train=True, dropout_key=dropout_key, labels=labels
             )
-            return dsm_loss_given_noise(score_fn, sde, x0, t, z)
+            return dsm_loss_given_noise(score_fn, sde, x0, t, z, weights)
 
         return jax.value_and_grad(loss_fn)(params)
 
     if k == 1:
-        return micro_batch_loss_and_grads((x0, labels, t, z), dropout_key)
+        return micro_batch_loss_and_grads((x0, labels, t, z, weights), dropout_key)
 
     def split(a):  # (B, ...) -> (k, B/k, ...), micro-batch i holding rows i, i + k, ...
         return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
 
-    micro_batches = jax.tree.map(split, (x0, labels, t, z))  # labels=None stays None.
+    # labels and weights that are None stay None.
+    micro_batches = jax.tree.map(split, (x0, labels, t, z, weights))
 
     def accumulate(total, batch_and_index):
         batch, i = batch_and_index

@@ -67,6 +67,18 @@ CASES = {
         ["batch_size=12", "8 devices"],
     ),
     "negative steps": (["--config.training.num_steps=-5"], {}, ["num_steps", ">= 0"]),
+    "unknown noise distribution": (
+        ["--config.training.noise_distribution=beta"],
+        {},
+        ["'beta'", "uniform", "log_normal"],
+    ),
+    "unknown weighting": (
+        ["--config.training.loss_weighting=snr"],
+        {},
+        ["'snr'", "std2", "edm", "min_snr"],
+    ),
+    "unknown on_device": (["--config.data.on_device=maybe"], {}, ["data.on_device", "'maybe'"]),
+    "folder without a path": (["--config.data.dataset=folder"], {}, ["needs data.path"]),
     "zero batch size": (["--config.training.batch_size=0"], {}, ["batch_size", "positive"]),
     "unknown non-finite policy": (
         ["--config.training.on_nonfinite=ignore"],

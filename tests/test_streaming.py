@@ -55,7 +55,7 @@ def test_calls_continue_from_any_step_and_stop_at_the_last():
 
 def test_auto_keeps_a_split_on_the_device_up_to_a_quarter_of_its_memory(monkeypatch):
     mesh = jax.make_mesh((1,), ("data",))
-    monkeypatch.setattr(streaming, "device_memory_bytes", lambda: (1000, "test device"))
+    monkeypatch.setattr(streaming, "device_memory_bytes", lambda: 1000)
     assert streaming.keep_on_device("auto", 250, mesh)
     assert not streaming.keep_on_device("auto", 251, mesh)
     assert streaming.keep_on_device("always", 10**12, mesh)
