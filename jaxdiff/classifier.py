@@ -254,7 +254,9 @@ class TrainedClassifier:
 
 
 def load_classifier(
-    workdir: str, data_config: ml_collections.ConfigDict | str | None = None
+    workdir: str,
+    data_config: ml_collections.ConfigDict | str | None = None,
+    same_data_required: bool = True,
 ) -> TrainedClassifier:
     """The trained classifier in `workdir` (its latest checkpoint's EMA parameters).
 
@@ -262,6 +264,8 @@ def load_classifier(
       workdir: the classifier's run.
       data_config: the data the caller measures (a `data` config group or a
         dataset name); None: any.
+      same_data_required: refuse a classifier of other data than `data_config`
+        (else `data_config` only shapes the messages).
 
     Raises:
       UserError: no such workdir or checkpoint, not a classifier run, or a
@@ -269,20 +273,16 @@ def load_classifier(
     """
     if data_config is not None:
         data_config = datasets.data_config(data_config)
-    dataset = None if data_config is None else data_config.dataset
     from jaxdiff.pipeline import read_config  # The pipeline module imports the models.
 
     workdir = os.path.abspath(workdir)
-    hint = (
-        f"train one with: python main.py --config=configs/classifier_{dataset or '<dataset>'}.py "
-        f"--workdir={workdir}"
-    )
+    hint = f"train one with: {_training_command(data_config, workdir)}"
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise UserError(f"no trained classifier in {workdir}; {hint}")
     config = read_config(workdir)
     if config.task != "classifier":
         raise UserError(f"{workdir} holds a {config.task} run, not a classifier; {hint}")
-    if data_config is not None and not same_data(config.data, data_config):
+    if same_data_required and data_config is not None and not same_data(config.data, data_config):
         raise UserError(
             f"the classifier in {workdir} was trained on {_describe(config.data)}, "
             f"not {_describe(data_config)}; {hint}"
@@ -317,6 +317,19 @@ def same_data(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> boo
     if a.dataset == datasets.FOLDER and paths[0] != paths[1]:
         return False
     return all(a[f] == b[f] or 0 in (a[f], b[f]) for f in fields)
+
+
+def _training_command(data_config: ml_collections.ConfigDict | None, workdir: str) -> str:
+    """The command that trains a classifier of `data_config`'s data into `workdir`."""
+    dataset = "<dataset>" if data_config is None else data_config.dataset
+    if dataset in datasets.BUILTIN_SHAPES or dataset == "<dataset>":
+        return f"python main.py --config=configs/classifier_{dataset}.py --workdir={workdir}"
+    if dataset == datasets.FOLDER:
+        config, data = "configs/folder64.py:classifier", f"--config.data.path={data_config.path}"
+    else:
+        config, data = "configs/classifier_cifar10.py", f"--config.data.dataset={dataset}"
+    size = f" --config.data.image_size={data_config.image_size}" if data_config.image_size else ""
+    return f"python main.py --config={config} {data}{size} --workdir={workdir}"
 
 
 def _describe(data_config: ml_collections.ConfigDict) -> str:

@@ -473,6 +473,8 @@ def _write_cache(directory: str, key: str, shape: tuple[int, ...], build) -> Non
             os.replace(directory, stale)
         os.replace(staging, directory)
         shutil.rmtree(stale, ignore_errors=True)
+    except OSError as e:  # A full disk, a quota: one line, and no partial cache.
+        raise UserError(f"cannot write the dataset cache {directory}: {e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -299,7 +299,9 @@ def evaluate(
         # A classifier named explicitly may come from another copy of the same images
         # (a TFDS dataset exported as a folder): its input shape and classes must match.
         named = bool(e.classifier_workdir)
-        classifier = load_classifier(classifier_workdir(config), None if named else config.data)
+        classifier = load_classifier(
+            classifier_workdir(config), config.data, same_data_required=not named
+        )
         if named and not same_data(classifier.config.data, config.data):
             _check_classifier_fits(classifier, experiment)
     settings = json.dumps(_sample_settings(pipeline), sort_keys=True)

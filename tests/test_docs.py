@@ -81,6 +81,8 @@ SHRINK = {
     **tiny_latent_overrides(),
     "model.channels": (8, 16, 16, 16),
     "model.context_dim": 16,
+    # The residual U-Nets (fashion_mnist, cifar10, folder64): one block per level.
+    "model.num_res_blocks": 1,
     "sampling.samples_per_class": 2,
     # No sampler to compile during training (tests/test_api.py checks the grids).
     "training.sample_at_checkpoints": False,

@@ -70,14 +70,14 @@ STEP_SCRIPT = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, ".")
-from jaxdiff.configs import mnist_cond
-from tests.conftest import apply_overrides, tiny_cond_overrides
+from jaxdiff.configs import mnist
+from tests.conftest import apply_overrides, tiny_overrides
 from jaxdiff import data, streaming
 from jaxdiff.experiment import create_experiment
 from jaxdiff.state import create_optimizer, create_replicated_train_state
 from jaxdiff.training import batch_key, make_train_call
 
-config = apply_overrides(mnist_cond.get_config(), tiny_cond_overrides())
+config = apply_overrides(mnist.get_config(), tiny_overrides())
 config.training.steps_per_call = 2
 config.data.random_flip = True  # the flips must agree too
 experiment = create_experiment(config)
@@ -120,7 +120,7 @@ def run_steps(devices: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # two processes compiling a conditional train call
+@pytest.mark.slow  # two processes compiling a train call twice each
 def test_streamed_training_equals_device_resident_training_on_one_and_four_devices():
     import concurrent.futures
 
@@ -128,7 +128,7 @@ def test_streamed_training_equals_device_resident_training_on_one_and_four_devic
         one, four = pool.map(run_steps, (1, 4))
     assert (one["devices"], four["devices"]) == (1, 4)
     for run in (one, four):
-        # Same batches (rows, flips, dropped labels): the same losses, step by step.
+        # Same batches (rows and flips): the same losses, step by step.
         np.testing.assert_allclose(run["stream"]["loss"], run["device"]["loss"], rtol=1e-6)
         assert run["stream"]["params"] == pytest.approx(run["device"]["params"], rel=1e-6)
         assert len(set(run["device"]["loss"])) == 4  # four different steps

@@ -55,6 +55,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
         context_tokens=2,
         context_dim=8,
         ff_mult=2,
+        remat=False,
     )
     return ml_collections.ConfigDict(fields | overrides)
 
