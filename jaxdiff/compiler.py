@@ -52,9 +52,8 @@ class MemorySummary:
     """What XLA assigned to one compiled call, per device, beside the memory it can use.
 
     The byte counts are None where the backend reports no memory analysis.
-    `str()` gives one line, e.g. "train call: 1.23 GiB per device (arguments
-    400.0 MiB + outputs 400.0 MiB - donated 400.0 MiB + temp 850.0 MiB) of 80.0 GiB
-    device memory (1.5%)".
+    `str()` gives one line: "train call: <total> per device (arguments <a> +
+    outputs <o> - donated <d> + temp <t>) of <capacity> device memory (<share>%)".
 
     Attributes:
       name: what the call is, for the line ("train call").
