@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Filled in by the run from the dataset (saved in config.json so sampling needs no
     # data): the class names in label order. Leave empty.
     data.class_names = ()
-    # Where fitted datasets are cached; "": <data_dir>/jaxdiff_cache.
+    # Where fitted datasets are cached; "": $XDG_CACHE_HOME/jaxdiff/datasets, else
+    # ~/.cache/jaxdiff/datasets (a directory shared by a cluster's jobs saves decoding).
     data.cache_dir = ""
     # Keep the training split on the device(s) and draw batches there ("always"), or
     # stream batches from the host ("never"); "auto": on the device when the split

@@ -9,11 +9,12 @@
 - `folder`: the images under `data.path` (`jaxdiff.image_folder`).
 
 Other TFDS datasets, folders, and the three above at another `data.image_size`
-or `data.channels` are fitted once (center crop, resize, channels) into a cache,
-a uint8 `.npy` array per split that later runs memory-map instead of decoding
-again. A cache is rebuilt when its source changes (files added, removed or
-modified; another dataset version) and is written under a temporary name and
-renamed, so an interrupted build leaves none behind.
+or `data.channels` are fitted once (center crop, resize, channels) into a cache
+(`data.cache_dir`, else ~/.cache/jaxdiff/datasets), a uint8 `.npy` array per
+split that later runs memory-map instead of decoding again. A cache is rebuilt
+when its source changes (files added, removed or modified; another dataset
+version) and is written under a temporary name and renamed, so an interrupted
+build leaves none behind.
 
 `dataset_info` answers what a run needs to know before reading any pixel:
 image shape and class names. A run records them in its config
@@ -370,10 +371,15 @@ def read_split(data_config: ml_collections.ConfigDict, split: str) -> tuple[np.n
 
 
 def cache_root(data_config: ml_collections.ConfigDict) -> str:
-    """Where fitted datasets are cached: data.cache_dir, else <data directory>/jaxdiff_cache."""
+    """Where fitted datasets are cached: data.cache_dir, else the user's cache folder.
+
+    That is $XDG_CACHE_HOME/jaxdiff/datasets, else ~/.cache/jaxdiff/datasets: a
+    shared, possibly read-only TFDS data directory is never written to.
+    """
     if data_config.cache_dir:
         return os.path.abspath(os.path.expanduser(data_config.cache_dir))
-    return os.path.join(resolve_data_dir(data_config.data_dir), "jaxdiff_cache")
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(user_cache, "jaxdiff", "datasets")
 
 
 def _cached_split(

@@ -190,6 +190,15 @@ def test_the_cache_is_reused_and_rebuilt_when_the_folder_changes(pets, tmp_path,
     assert os.listdir(os.path.join(datasets.cache_root(config), source)) == ["train-4x4x1"]
 
 
+def test_the_default_cache_is_the_users_not_the_data_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = data_config("mnist", data_dir=str(tmp_path / "tfds"))
+    assert datasets.cache_root(config) == str(tmp_path / "xdg" / "jaxdiff" / "datasets")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert datasets.cache_root(config) == str(tmp_path / "home" / ".cache" / "jaxdiff" / "datasets")
+
+
 def test_split_folders_and_slices(tmp_path):
     root = tmp_path / "split"
     for split, count in (("train", 4), ("test", 3)):

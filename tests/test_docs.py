@@ -206,6 +206,8 @@ def run_page(page: str, scratch) -> None:
         os.environ,
         # The copies in the scratch directory first (configs written by a page), then the package.
         PYTHONPATH=os.pathsep.join([str(scratch), str(ROOT)]),
+        # Fitted datasets (your_own_data.md) go to the scratch directory, not the home one.
+        XDG_CACHE_HOME=str(scratch / "cache"),
         # scaling.md: one process stands in for the hosts.
         COORDINATOR=f"localhost:{free_port()}",
         NUM_PROCESSES="1",
