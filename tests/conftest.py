@@ -77,6 +77,25 @@ def compilation_cache():
     )
 
 
+def run_script_on_devices(script: str, devices: int, timeout: int = 600) -> dict:
+    """Runs a script in a new process on `devices` CPU devices; its last line's JSON."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def tiny_overrides() -> dict[str, object]:
     """Config overrides that make a real MNIST run take seconds on a CPU."""
     return {

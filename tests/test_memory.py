@@ -1,10 +1,7 @@
 """Memory levers: gradient accumulation, rematerialisation, and the compiled-call memory summary."""
 
 import functools
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +19,7 @@ from jaxdiff.sde import VESDE
 from jaxdiff.state import init_state
 from jaxdiff.training import loss_and_grads, make_train_step
 
-from .conftest import ROOT, apply_overrides, tiny_cond_overrides, tiny_overrides
+from .conftest import apply_overrides, run_script_on_devices, tiny_cond_overrides, tiny_overrides
 
 BATCH = 8
 
@@ -199,17 +196,7 @@ def test_micro_batches_stay_on_their_devices():
     (Contiguous micro-batches, rows i B/k to (i + 1) B/k, compile to an all-gather
     and a collective-permute of the batch here.)
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    result = subprocess.run(
-        [sys.executable, "-c", MICRO_BATCH_SHARDING_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script_on_devices(MICRO_BATCH_SHARDING_SCRIPT, 4)
     assert out["devices"] == 4
     assert out["collectives_1"] == out["collectives_2"] == []
     np.testing.assert_allclose(out["loss_2"], out["loss_1"], rtol=1e-5)

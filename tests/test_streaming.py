@@ -1,10 +1,5 @@
 """Streaming from the host gives every step the batch the device-resident path gives it."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -13,7 +8,7 @@ from jaxdiff import data, streaming
 from jaxdiff.loop import split_batch_key
 from jaxdiff.training import batch_key
 
-from .conftest import ROOT
+from .conftest import run_script_on_devices
 
 
 def host_stream(num=37, mesh=None):
@@ -107,17 +102,7 @@ print(json.dumps(result))
 
 
 def run_steps(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    result = subprocess.run(
-        [sys.executable, "-c", STEP_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script_on_devices(STEP_SCRIPT, devices)
 
 
 @pytest.mark.slow  # two processes compiling a train call twice each

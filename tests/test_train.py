@@ -18,7 +18,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.pipeline import load
 from jaxdiff.training import train_and_evaluate
 
-from .conftest import ROOT, tiny_cond_overrides, tiny_overrides
+from .conftest import ROOT, run_script_on_devices, tiny_cond_overrides, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
 
 
@@ -215,17 +215,7 @@ print(json.dumps({
 
 
 def run_on_devices(count):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-    result = subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICE_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script_on_devices(EIGHT_DEVICE_SCRIPT, count, timeout=300)
 
 
 @pytest.mark.slow  # over 8 s on 2 cores: the full suite's, not the fast tier's
