@@ -28,6 +28,7 @@ NAMES = (
     "folder64",
 )
 VARIANTS = {
+    "fashion_mnist_cond": ("cpu",),
     "mnist_latent": ("cond",),
     "fashion_mnist_latent": ("cond",),
     "cifar10_latent": ("cond",),

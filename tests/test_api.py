@@ -240,6 +240,12 @@ def test_get_config_by_name():
     with pytest.raises(jaxdiff.UserError, match=r"unknown config 'mnist:cond'.*mnist_latent:cond"):
         get_config("mnist:cond")
     assert get_config("mnist_seed:cond").model.num_heads == 1
+    # Fashion-MNIST's CPU variant: mnist_cond's net and recipe on Fashion-MNIST with flips.
+    cpu, mnist_net = get_config("fashion_mnist_cond:cpu"), get_config("mnist_cond")
+    assert cpu.data.dataset == "fashion_mnist" and cpu.data.random_flip
+    assert cpu.model == mnist_net.model and get_config("fashion_mnist_cond").model.name == "unet"
+    for field in ("noise_distribution", "loss_weighting", "learning_rate", "ema_decay"):
+        assert cpu.training[field] == mnist_net.training[field]
 
 
 def test_every_config_file_is_reachable_by_name_from_the_installed_package():

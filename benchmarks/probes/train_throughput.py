@@ -52,6 +52,12 @@ def _config(module, **training):
     return config
 
 
+def _channels(module, channels):
+    config = _config(module, steps_per_call=1)
+    config.model.channels = channels
+    return config
+
+
 def _resize_decoder(module):
     config = _config(module, steps_per_call=1)
     config.model.name = "seed_unet_resize"
@@ -74,6 +80,9 @@ ROWS = {
     # The MNIST nets with the other decoder: resize + 3x3 conv instead of transposed convs.
     "mnist_seed_unet_resize": (lambda: _resize_decoder(mnist), None),
     "mnist_cond_seed_unet_resize": (lambda: _resize_decoder(mnist_cond), None),
+    # configs/mnist.py at other widths (the model-size rows of docs/results.md).
+    "mnist_narrow": (lambda: _channels(mnist, (24, 48, 96, 192)), None),
+    "mnist_wide": (lambda: _channels(mnist, (48, 96, 192, 384)), None),
     "mnist_4_steps_per_call_python_loop": (lambda: _config(mnist, steps_per_call=4), True),
     "mnist_4_steps_per_call_lax_scan": (lambda: _config(mnist, steps_per_call=4), False),
 }
@@ -170,8 +179,8 @@ def main():
         "repeats": args.repeats,
         "rows": results,
     }
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "results", f"{args.name}_{jax.default_backend()}.json")
+    benchmarks = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(benchmarks, "results", f"{args.name}_{jax.default_backend()}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
