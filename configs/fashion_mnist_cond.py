@@ -4,8 +4,8 @@
     python main.py --config=configs/fashion_mnist_cond.py:cpu --workdir=runs/fashion_mnist_cond_cpu
 
 The default is sized for an accelerator (3,834,209 parameters). The `:cpu`
-variant is configs/mnist_cond.py's smaller, faster net on Fashion-MNIST, with
-as many steps as 2 CPU cores train in about half an hour. Measured results,
+variant is configs/mnist_cond.py's smaller, faster net and recipe on
+Fashion-MNIST, with steps sized for 2 CPU cores. Measured results,
 speeds included: docs/results.md, docs/benchmarks_configs.md.
 """
 

@@ -2,7 +2,8 @@
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
 
-Measured results (time, losses, samples, FID): docs/results.md. On an
+Measured results (time, losses, samples, FID): docs/results.md, where the
+training recipe, EMA decay and width were compared at equal training time. On an
 accelerator, train longer and wider:
 --config.training.num_steps=40000 --config.training.batch_size=128.
 """
