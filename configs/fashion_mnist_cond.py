@@ -10,7 +10,6 @@ speeds included: docs/results.md, docs/benchmarks_configs.md.
 """
 
 from jaxdiff.configs import fashion_mnist, mnist_cond
-from jaxdiff.configs.mnist_cond import set_conditional
 
 
 def get_config(variant: str = "accelerator"):
@@ -22,4 +21,4 @@ def get_config(variant: str = "accelerator"):
         return config
     if variant != "accelerator":
         raise ValueError(f"unknown variant {variant!r}: use the config file alone or ':cpu'")
-    return set_conditional(fashion_mnist.get_config())
+    return mnist_cond.set_conditional(fashion_mnist.get_config())
