@@ -90,7 +90,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
     """Does what --mode says for the task the config names (`step`: --step, None if unset)."""
-    from jaxdiff.errors import UserError
+    from jaxdiff.core.errors import UserError
 
     task = config.task
     if task not in ("diffusion", "classifier"):
@@ -102,14 +102,14 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
             f"{what} takes no --step"
         )
     if mode == "plot":
-        from jaxdiff.loss_curve import write_loss_curves
+        from jaxdiff.training.loss_curve import write_loss_curves
 
         paths = write_loss_curves(workdir)
         if not paths:
             raise UserError(f"no metrics.jsonl with losses in {workdir}: train first")
         print("\n".join(paths))
     elif task == "classifier":
-        from jaxdiff import classifier
+        from jaxdiff.training import classifier
 
         if mode == "train":
             classifier.train_classifier(config, workdir, FLAGS.allow_config_change)
@@ -118,21 +118,21 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
         else:
             raise UserError(f"a classifier run has nothing to {mode}; use --mode=train or eval")
     elif mode == "train":
-        from jaxdiff.training import train_and_evaluate
+        from jaxdiff.training.score import train_and_evaluate
 
         train_and_evaluate(config, workdir, FLAGS.allow_config_change)
     elif mode == "sample":
-        from jaxdiff.pipeline import sample
+        from jaxdiff.commands.sample import sample
 
         sample(config, workdir, step)
     elif mode in ("inpaint", "edit", "interpolate"):
-        from jaxdiff import editing
+        from jaxdiff.commands import edit
         from jaxdiff.pipeline import load
 
-        editing.check_editing_config(config, mode)  # Before the checkpoint is loaded.
-        editing.run(load(workdir, step=step, config=config), mode)
+        edit.check_editing_config(config, mode)  # Before the checkpoint is loaded.
+        edit.run(load(workdir, step=step, config=config), mode)
     else:
-        from jaxdiff.evaluate import evaluate, summary_line
+        from jaxdiff.evaluation.evaluate import evaluate, summary_line
 
         print(summary_line(evaluate(config, workdir, step)), flush=True)
 
@@ -150,13 +150,13 @@ def main(argv: list[str]) -> None:
         fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
 
     if FLAGS.keep_freed_memory:  # Before JAX starts: the setting needs it.
-        from jaxdiff.host_memory import keep_freed_memory
+        from jaxdiff.core.host_memory import keep_freed_memory
 
         keep_freed_memory()
 
-    from jaxdiff import parallel
-    from jaxdiff.errors import UserError
-    from jaxdiff.preemption import Preempted
+    from jaxdiff.core import parallel
+    from jaxdiff.core.errors import UserError
+    from jaxdiff.core.preemption import Preempted
 
     if FLAGS.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         import jax

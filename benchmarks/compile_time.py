@@ -43,11 +43,11 @@ def measure(args) -> dict:
     import jaxdiff.configs as configs
     from timing import labelled_sampler
 
-    from jaxdiff import data
-    from jaxdiff.compiler import jit
+    from jaxdiff.core.compiler import jit
+    from jaxdiff.data import batches
     from jaxdiff.experiment import create_experiment
-    from jaxdiff.state import create_optimizer, create_replicated_train_state
-    from jaxdiff.training import make_train_call
+    from jaxdiff.training.score import make_train_call
+    from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
     start = time.perf_counter()
     config = configs.get_config(args.config)
@@ -65,7 +65,7 @@ def measure(args) -> dict:
     state = create_replicated_train_state(key, experiment, tx)
     images = jnp.zeros((1024, *experiment.image_shape), jnp.uint8)
     labels = jnp.zeros((1024,), jnp.int32)
-    dataset = data.to_device(images, labels, experiment.mesh)
+    dataset = batches.to_device(images, labels, experiment.mesh)
     jax.block_until_ready(state)
     setup_s = time.perf_counter() - start
 
@@ -119,11 +119,11 @@ def train_step_parts(experiment, tx, state, key, dataset) -> dict:
     """Compile seconds and StableHLO lines of one train step's parts, each jitted alone."""
     import jax
 
-    from jaxdiff import parallel
-    from jaxdiff.loop import apply_update
-    from jaxdiff.losses import dsm_loss
-    from jaxdiff.models import make_score_fn
-    from jaxdiff.training import draw_training_batch, make_train_step
+    from jaxdiff.core import parallel
+    from jaxdiff.diffusion.losses import dsm_loss
+    from jaxdiff.diffusion.preconditioning import make_score_fn
+    from jaxdiff.training.loop import apply_update
+    from jaxdiff.training.score import draw_training_batch, make_train_step
 
     config, model = experiment.config, experiment.model
     batch_sharding = parallel.batch_sharded(experiment.mesh)

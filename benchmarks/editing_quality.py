@@ -23,10 +23,10 @@ import time
 import numpy as np
 
 import jaxdiff
-from jaxdiff import data
-from jaxdiff.classifier import load_classifier
-from jaxdiff.edit_inputs import make_masks
-from jaxdiff.pipeline import read_config
+from jaxdiff.data import batches
+from jaxdiff.editing.inputs import make_masks
+from jaxdiff.training.classifier import load_classifier
+from jaxdiff.training.workdir import read_config
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     uncond, cond = load(args.uncond), load(args.cond)
     classifier = load_classifier(args.classifier)
     c = uncond.config.data
-    images, labels = data.load_split(c.dataset, f"test[:{args.num}]", c.data_dir, c.download)
+    images, labels = batches.load_split(c.dataset, f"test[:{args.num}]", c.data_dir, c.download)
     height, width = images.shape[1:3]
     masks = make_masks("lower_half", len(images), height, width)
     # Another class for every image: its label plus 1..9, drawn once.
@@ -77,7 +77,7 @@ def main() -> None:
         rows.append(dict(name=name, accuracy=accuracy, seconds=0.0, nfe=0))
         print(f"{name:66s} {accuracy:7.2%}", flush=True)
 
-    nfe = jaxdiff.samplers.num_function_evals(uncond.config.sampling)
+    nfe = jaxdiff.sampling.samplers.num_function_evals(uncond.config.sampling)
     r, j = args.resample_steps, args.jump_length
     row(
         "inpaint lower half, unconditional",

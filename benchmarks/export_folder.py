@@ -12,7 +12,7 @@ import re
 
 from PIL import Image
 
-from jaxdiff import datasets, image_folder
+from jaxdiff.data import datasets, image_folder
 
 
 def main() -> None:

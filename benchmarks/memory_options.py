@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jaxdiff.configs as configs
 from timing import write_json
 
-from jaxdiff import datasets, streaming
-from jaxdiff.compiler import memory_summary
+from jaxdiff.core.compiler import memory_summary
+from jaxdiff.core.random import score_batch_key
+from jaxdiff.data import datasets, streaming
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import batch_key, make_train_call
+from jaxdiff.training.score import make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
 
 def variant_config(args, variant: str):
@@ -62,7 +63,7 @@ def main() -> None:
         config = experiment.config
         images, labels = datasets.read_split(config.data, args.split)
         dataset = streaming.training_data(
-            images, labels, experiment.mesh, config.data.on_device, batch_key
+            images, labels, experiment.mesh, config.data.on_device, score_batch_key
         )
         tx = create_optimizer(config.training)
         call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)

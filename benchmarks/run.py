@@ -37,7 +37,7 @@ backend). The same count is used for the PyTorch rows (same network, same
 step). MFU = FLOPs per step x steps/s / the device's peak (`PEAK_FLOPS`; none
 known for CPUs).
 
-The process keeps freed host memory for reuse (`jaxdiff.host_memory`), as
+The process keeps freed host memory for reuse (`jaxdiff.core.host_memory`), as
 main.py does; every side runs in it alike.
 """
 
@@ -69,14 +69,15 @@ from jaxdiff.configs import (
 )
 from timing import labelled_sampler
 
-from jaxdiff import data
-from jaxdiff.compiler import jit
-from jaxdiff.datasets import BUILTIN_SHAPES, dataset_info
+from jaxdiff.core.compiler import jit
+from jaxdiff.core.host_memory import keep_freed_memory
+from jaxdiff.data import batches
+from jaxdiff.data.datasets import BUILTIN_SHAPES, dataset_info
+from jaxdiff.diffusion.preconditioning import make_score_fn
 from jaxdiff.experiment import create_experiment
-from jaxdiff.host_memory import keep_freed_memory
-from jaxdiff.models import count_params, make_score_fn
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import make_train_call, make_train_step
+from jaxdiff.models import count_params
+from jaxdiff.training.score import make_train_call, make_train_step
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
 # Dense peak FLOP/s by device kind and precision (fp32 = TF32 tensor cores, which
 # XLA and PyTorch's cuDNN convolutions use for float32 by default).
@@ -111,7 +112,7 @@ def benchmark_images(dataset: str, npz_dir: str = ""):
     if npz_dir and os.path.exists(os.path.join(npz_dir, f"{dataset}.npz")):
         with np.load(os.path.join(npz_dir, f"{dataset}.npz")) as saved:
             return saved["images"], saved["labels"]
-    return data.load_split(dataset, BENCHMARK_SPLIT)
+    return batches.load_split(dataset, BENCHMARK_SPLIT)
 
 
 def peak_flops(precision: str) -> float | None:
@@ -148,7 +149,7 @@ class JaxSide:
         key = jax.random.key(0)
         self.state = create_replicated_train_state(key, experiment, tx)
         self.params = count_params(self.state.params)
-        self.dataset = data.to_device(images, labels, experiment.mesh)
+        self.dataset = batches.to_device(images, labels, experiment.mesh)
         self.key = key
         train_call = make_train_call(experiment.model, experiment.sde, tx, c, experiment.mesh)
         self.flops_per_step = train_step_flops(experiment, tx, self.state, key, self.dataset)
@@ -506,7 +507,7 @@ def main() -> None:
     if args.save_npz:
         os.makedirs(args.save_npz, exist_ok=True)
         for dataset in BUILTIN_SHAPES:
-            images, labels = data.load_split(dataset, BENCHMARK_SPLIT)
+            images, labels = batches.load_split(dataset, BENCHMARK_SPLIT)
             np.savez_compressed(
                 os.path.join(args.save_npz, f"{dataset}.npz"), images=images, labels=labels
             )

@@ -4,7 +4,7 @@
     python benchmarks/streaming.py --channels=32,64,64,64 --batch_size=64
 
 Both paths run the same compiled train call of `--config` on the same steps
-(`data.on_device=always` vs `never`, see jaxdiff.streaming), in turns, after a
+(`data.on_device=always` vs `never`, see jaxdiff.data.streaming), in turns, after a
 warm-up call each; the figure is the median over `--repeats` rounds of
 `--calls` calls. Also timed: the host pipeline alone (drawing rows, gathering
 them, placing them on the device) for the same calls, which is the ceiling
@@ -24,10 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jaxdiff.configs as configs
 from timing import write_json
 
-from jaxdiff import data, datasets, streaming
+from jaxdiff.core.random import score_batch_key
+from jaxdiff.data import batches, datasets, streaming
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import batch_key, make_train_call
+from jaxdiff.training.score import make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
 
 def main() -> None:
@@ -54,8 +55,8 @@ def main() -> None:
     tx = create_optimizer(config.training)
     call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
     key = jax.random.key(0)
-    device_data = data.to_device(images, labels, experiment.mesh)
-    stream = streaming.HostStream(images, labels, experiment.mesh, batch_key)
+    device_data = batches.to_device(images, labels, experiment.mesh)
+    stream = streaming.HostStream(images, labels, experiment.mesh, score_batch_key)
     per_round = args.calls * steps
 
     def run(path: str, state, first_step: int):

@@ -8,8 +8,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxdiff import samplers
-from jaxdiff.models import make_score_fn
+from jaxdiff.diffusion.preconditioning import make_score_fn
+from jaxdiff.sampling import samplers
 
 
 def time_in_turns(programs: dict, args: tuple, repeats: int) -> dict:

@@ -43,9 +43,9 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     "configs/mnist.py" (the command line's spelling) works too.
 
     Raises:
-      jaxdiff.errors.UserError: an unknown name or variant, listing the valid ones.
+      jaxdiff.core.errors.UserError: an unknown name or variant, listing the valid ones.
     """
-    from jaxdiff.errors import UserError
+    from jaxdiff.core.errors import UserError
 
     module_name, _, variant = name.partition(":")
     module_name = module_name.removeprefix("configs/").removesuffix(".py")

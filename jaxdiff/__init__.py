@@ -14,28 +14,29 @@ Editors and type checkers see the names through the imports under TYPE_CHECKING.
 import importlib
 from typing import TYPE_CHECKING
 
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
 
 if TYPE_CHECKING:
-    from jaxdiff.host_memory import keep_freed_memory
-    from jaxdiff.loss_curve import write_loss_curves
-    from jaxdiff.pipeline import Pipeline, load, read_config
-    from jaxdiff.sample import save_images
-    from jaxdiff.training import train_and_evaluate as train
-    from jaxdiff.visualize import image_grid, save_png, write_progress
+    from jaxdiff.core.host_memory import keep_freed_memory
+    from jaxdiff.core.visualize import image_grid, save_png, write_progress
+    from jaxdiff.generation import save_images
+    from jaxdiff.pipeline import Pipeline, load
+    from jaxdiff.training.loss_curve import write_loss_curves
+    from jaxdiff.training.score import train_and_evaluate as train
+    from jaxdiff.training.workdir import read_config
 
 # Public name -> (the module that defines it, its name there).
 _LAZY = {
     "load": ("jaxdiff.pipeline", "load"),
     "Pipeline": ("jaxdiff.pipeline", "Pipeline"),
-    "read_config": ("jaxdiff.pipeline", "read_config"),
-    "train": ("jaxdiff.training", "train_and_evaluate"),
-    "image_grid": ("jaxdiff.visualize", "image_grid"),
-    "save_png": ("jaxdiff.visualize", "save_png"),
-    "save_images": ("jaxdiff.sample", "save_images"),
-    "write_progress": ("jaxdiff.visualize", "write_progress"),
-    "write_loss_curves": ("jaxdiff.loss_curve", "write_loss_curves"),
-    "keep_freed_memory": ("jaxdiff.host_memory", "keep_freed_memory"),
+    "read_config": ("jaxdiff.training.workdir", "read_config"),
+    "train": ("jaxdiff.training.score", "train_and_evaluate"),
+    "image_grid": ("jaxdiff.core.visualize", "image_grid"),
+    "save_png": ("jaxdiff.core.visualize", "save_png"),
+    "save_images": ("jaxdiff.generation", "save_images"),
+    "write_progress": ("jaxdiff.core.visualize", "write_progress"),
+    "write_loss_curves": ("jaxdiff.training.loss_curve", "write_loss_curves"),
+    "keep_freed_memory": ("jaxdiff.core.host_memory", "keep_freed_memory"),
 }
 
 __all__ = [

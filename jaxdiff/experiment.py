@@ -1,18 +1,28 @@
-"""A validated config turned into the objects a run is made of: model, SDE, mesh."""
+"""A validated config turned into the objects a run is made of: model, SDE, mesh.
+
+And the way between images and a latent run's model space (`encode`, `decode`).
+"""
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from jaxdiff import conditioning, datasets, parallel, samplers
-from jaxdiff.errors import UserError
-from jaxdiff.losses import LOSS_WEIGHTINGS, NOISE_DISTRIBUTIONS
+from jaxdiff.core import parallel
+from jaxdiff.core.compiler import jit
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches, datasets
+from jaxdiff.diffusion import conditioning
+from jaxdiff.diffusion.losses import LOSS_WEIGHTINGS, NOISE_DISTRIBUTIONS
+from jaxdiff.diffusion.preconditioning import PRECONDITIONINGS
+from jaxdiff.diffusion.sde import SDE, create_sde
 from jaxdiff.models import create_autoencoder, create_model
 from jaxdiff.models.autoencoder import latent_shape
-from jaxdiff.sde import SDE, create_sde
+from jaxdiff.sampling import samplers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +158,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     num_classes = dataset.num_classes if config.model.conditional else 0
     prompt_labels = _check_conditioning(config, dataset, num_classes)
     model = create_model(config.model, data_shape, dtype, num_classes)
+    PRECONDITIONINGS.get(config.model.preconditioning)  # An unknown name fails here.
     return Experiment(
         config=config,
         model=model,
@@ -184,3 +195,36 @@ def _check_conditioning(
     if s.samples_per_class < 1:
         raise UserError(f"sampling.samples_per_class must be positive, got {s.samples_per_class}")
     return conditioning.parse_prompt(s.prompt, dataset)
+
+
+def encode(experiment: Experiment, params: Any, images: jax.Array) -> jax.Array:
+    """uint8 images -> posterior means; call inside jit."""
+    x = batches.to_model_range(images, experiment.config.data.centered)
+    mean, _ = experiment.autoencoder.apply({"params": params}, x, method="encode")
+    return mean
+
+
+def decode(experiment: Experiment, params: Any, latents: jax.Array) -> jax.Array:
+    """Unscaled latents -> uint8 images; call inside jit."""
+    decoded = experiment.autoencoder.apply({"params": params}, latents, method="decode")
+    return batches.to_uint8(decoded, experiment.config.data.centered)
+
+
+def encode_images(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 latents (posterior means), unscaled."""
+    return batches.map_in_chunks(jit(lambda x: encode(experiment, params, x)), images)
+
+
+def reconstruct(experiment: Experiment, params: Any, images: np.ndarray) -> np.ndarray:
+    """uint8 images -> uint8 reconstructions through the posterior means."""
+
+    @jit
+    def round_trip(x):
+        return decode(experiment, params, encode(experiment, params, x))
+
+    return batches.map_in_chunks(round_trip, images)
+
+
+def decode_latents(experiment: Experiment, params: Any, latents: np.ndarray) -> np.ndarray:
+    """Unscaled float latents -> uint8 images."""
+    return batches.map_in_chunks(jit(lambda z: decode(experiment, params, z)), latents)

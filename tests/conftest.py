@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from jaxdiff.host_memory import keep_freed_memory
+from jaxdiff.core.host_memory import keep_freed_memory
 
 # As main.py does, so that tests run with the allocator settings users get; here,
 # before any test starts JAX (the setting needs that).
@@ -20,7 +20,9 @@ TEST_DATA = ROOT / "tests" / "data"
 
 
 def prepare_test_datasets() -> str:
-    """A TFDS data directory of the shipped subsets, prepared once per machine by jaxdiff.prepare.
+    """A TFDS data directory of the shipped subsets, prepared once per machine.
+
+    `jaxdiff.data.prepare` writes it.
 
     Its name carries a hash of the subsets' files, so a changed subset is prepared
     anew; it is prepared beside its final place and renamed there, so processes
@@ -28,7 +30,7 @@ def prepare_test_datasets() -> str:
     """
     import tensorflow_datasets as tfds
 
-    from jaxdiff import prepare
+    from jaxdiff.data import prepare
 
     tfds.disable_progress_bar()  # Its bars would land in the middle of pytest's output.
     digest = hashlib.sha256()
@@ -166,7 +168,7 @@ def tiny_latent_overrides() -> dict[str, object]:
 def _train_tiny(tmp_path_factory, name, overrides):
     from jaxdiff.configs import get_config
 
-    from jaxdiff.training import train_and_evaluate
+    from jaxdiff.training.score import train_and_evaluate
 
     config = apply_overrides(get_config(name), overrides)
     workdir = tmp_path_factory.mktemp(name.replace(":", "_"))
@@ -214,7 +216,7 @@ def tiny_classifier_overrides() -> dict[str, object]:
 def tiny_classifier(tmp_path_factory):
     from jaxdiff.configs import get_config
 
-    from jaxdiff.classifier import train_classifier
+    from jaxdiff.training.classifier import train_classifier
 
     config = apply_overrides(get_config("classifier_mnist"), tiny_classifier_overrides())
     workdir = tmp_path_factory.mktemp("classifier_mnist")

@@ -14,9 +14,8 @@ from jaxdiff.configs import get_config
 from PIL import Image
 
 import jaxdiff
-from jaxdiff import latent
-from jaxdiff.experiment import create_experiment
-from jaxdiff.models import make_score_fn
+from jaxdiff.diffusion.preconditioning import make_score_fn
+from jaxdiff.experiment import create_experiment, encode_images, reconstruct
 
 from .conftest import ROOT, cli_flags, tiny_cond_overrides, tiny_overrides
 from .test_cli import run_main
@@ -155,13 +154,13 @@ def test_latent_encode_decode_and_sample(tiny_latent_run):
     assert latents.shape == (6, 7, 7, 4) and latents.dtype == np.float32
     experiment, params = pipeline.experiment, pipeline.autoencoder_params
     np.testing.assert_allclose(
-        latents, latent.encode_images(experiment, params, images) * pipeline.latent_scale
+        latents, encode_images(experiment, params, images) * pipeline.latent_scale
     )
     decoded = pipeline.decode(latents)
     assert decoded.shape == images.shape and decoded.dtype == np.uint8
     # decode(encode(x)) is the autoencoder's reconstruction, up to the rounding of
     # scaling by latent_scale and back (one grey level at most).
-    reconstruction = latent.reconstruct(experiment, params, images)
+    reconstruction = reconstruct(experiment, params, images)
     difference = np.abs(decoded.astype(int) - reconstruction.astype(int))
     assert difference.max() <= 1 and np.mean(difference == 0) > 0.99
     # Samples come out decoded, and the score takes (scaled) latents.

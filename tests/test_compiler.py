@@ -1,11 +1,11 @@
-"""jaxdiff.compiler: the XLA options every jaxdiff program is compiled with."""
+"""jaxdiff.core.compiler: the XLA options every jaxdiff program is compiled with."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import compiler
+from jaxdiff.core import compiler
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -70,8 +70,8 @@ def test_the_train_call_is_compiled_with_the_options(monkeypatch):
         return real_jit(fun, **kwargs)
 
     monkeypatch.setattr(compiler.jax, "jit", spy)
-    from jaxdiff.loop import compile_train_call
-    from jaxdiff.parallel import create_mesh
+    from jaxdiff.core.parallel import create_mesh
+    from jaxdiff.training.loop import compile_train_call
 
     compile_train_call(lambda state, key, dataset: (state, {}), 1, create_mesh())
     assert [o for name, o in seen if name == "call"] == [options]

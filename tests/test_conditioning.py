@@ -6,12 +6,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdiff import data, datasets, parallel
-from jaxdiff.conditioning import guided_score_fn, parse_prompt
-from jaxdiff.errors import UserError
-from jaxdiff.samplers import create_sampler
-from jaxdiff.sde import VESDE
-from jaxdiff.training import draw_training_batch
+from jaxdiff.core import parallel
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches, datasets
+from jaxdiff.diffusion.conditioning import guided_score_fn, parse_prompt
+from jaxdiff.diffusion.sde import VESDE
+from jaxdiff.sampling.samplers import create_sampler
+from jaxdiff.training.score import draw_training_batch
 
 from .test_samplers import SAMPLERS, sampling_config
 
@@ -60,7 +61,7 @@ def test_unknown_word_is_one_line_listing_the_valid_ones():
 def test_class_names_are_the_tfds_label_names(dataset):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(dataset, data_dir=data.resolve_data_dir(""))
+    builder = tfds.builder(dataset, data_dir=batches.resolve_data_dir(""))
     assert tuple(builder.info.features["label"].names) == datasets.CLASS_NAMES[dataset]
     assert datasets.dataset_info(dataset).class_names == datasets.CLASS_NAMES[dataset]
 
@@ -73,7 +74,7 @@ def test_null_token_rate_in_training_batches(drop_prob):
     # Image i shows its label in every pixel, so each batch row can be traced to its true label.
     labels = np.arange(num, dtype=np.int32) % num_classes
     images = np.broadcast_to(labels[:, None, None, None], (num, 2, 2, 1)).astype(np.uint8)
-    dataset = data.to_device(images, labels, mesh)
+    dataset = batches.to_device(images, labels, mesh)
     config = ml_collections.ConfigDict(
         dict(
             training=dict(batch_size=1000, cond_drop_prob=drop_prob),

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import data, datasets, parallel
-from jaxdiff.errors import UserError
+from jaxdiff.core import parallel
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches, datasets
 
 
 @pytest.mark.parametrize(
@@ -14,7 +15,7 @@ from jaxdiff.errors import UserError
     [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))],
 )
 def test_load_split_reads_real_images(name, shape):
-    images, labels = data.load_split(name, "test[:200]")
+    images, labels = batches.load_split(name, "test[:200]")
     assert images.shape == (200, *shape) and images.dtype == np.uint8
     assert labels.shape == (200,) and set(np.unique(labels)) <= set(range(10))
     assert len(set(np.unique(labels))) > 5  # a real mix of classes
@@ -31,7 +32,7 @@ def test_unknown_dataset_lists_the_choices():
 
 def test_bad_split_is_one_line():
     with pytest.raises(UserError, match=r"cannot read 'mnist' split 'validation'") as error:
-        data.load_split("mnist", "validation")
+        batches.load_split("mnist", "validation")
     assert "\n" not in str(error.value)
 
 
@@ -41,9 +42,9 @@ def test_batches_come_from_the_real_rows_and_flip_correctly():
     images = np.zeros((5, 4, 4, 1), np.uint8)
     for i in range(5):
         images[i, :, 0] = 10 * (i + 1)
-    dataset = data.to_device(images, np.arange(5, dtype=np.int32), mesh)
+    dataset = batches.to_device(images, np.arange(5, dtype=np.int32), mesh)
     draw = jax.jit(
-        lambda key, flip: data.draw_batch(
+        lambda key, flip: batches.draw_batch(
             key, dataset, 512, parallel.batch_sharded(mesh), flip, False
         ),
         static_argnums=1,
@@ -66,5 +67,5 @@ def test_centering_and_uint8_round_trip():
     for centered in (False, True):
         scaled = x.astype(jnp.float32) / 255.0
         scaled = 2 * scaled - 1 if centered else scaled
-        np.testing.assert_array_equal(data.to_uint8(scaled, centered), x)
-    assert int(data.to_uint8(jnp.asarray([1.7]), False)[0]) == 255  # clipped, not wrapped
+        np.testing.assert_array_equal(batches.to_uint8(scaled, centered), x)
+    assert int(batches.to_uint8(jnp.asarray([1.7]), False)[0]) == 255  # clipped, not wrapped

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import data, datasets, image_folder
-from jaxdiff.datasets import data_config, dataset_info, read_split
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches, datasets, image_folder
+from jaxdiff.data.datasets import data_config, dataset_info, read_split
 
 
 def write_image(path, array: np.ndarray) -> None:
@@ -53,7 +53,7 @@ def test_class_folders_are_the_classes_in_sorted_order(pets, tmp_path):
     pairs = sorted(zip(images[:, 0, 0, 0].tolist(), labels.tolist(), strict=True))
     assert pairs == [(10, 0), (20, 0), (30, 1)]
     # A prompt names the folders.
-    from jaxdiff.conditioning import parse_prompt
+    from jaxdiff.diffusion.conditioning import parse_prompt
 
     assert parse_prompt("dog,cat", info) == [1, 0]
 
@@ -219,7 +219,7 @@ def test_split_folders_and_slices(tmp_path):
 
 
 def test_a_builtin_dataset_at_another_size_is_its_images_fitted(tmp_path):
-    native, labels = data.load_split("mnist", "test")
+    native, labels = batches.load_split("mnist", "test")
     config = data_config("mnist", image_size=14, cache_dir=str(tmp_path))
     info = dataset_info(config)
     assert info.image_shape == (14, 14, 1) and info.class_names == dataset_info("mnist").class_names
@@ -308,7 +308,7 @@ def test_a_flat_folder_trains_samples_without_the_folder_and_eval_says_what_appl
     from jaxdiff.configs import get_config
 
     import jaxdiff
-    from jaxdiff.evaluate import evaluate
+    from jaxdiff.evaluation.evaluate import evaluate
 
     from .conftest import apply_overrides, tiny_overrides
 

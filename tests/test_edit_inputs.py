@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import data
-from jaxdiff.datasets import data_config
-from jaxdiff.edit_inputs import (
+from jaxdiff.core.errors import UserError
+from jaxdiff.core.visualize import save_png
+from jaxdiff.data import batches
+from jaxdiff.data.datasets import data_config
+from jaxdiff.editing.inputs import (
     MASK_NAMES,
     check_images,
     check_masks,
@@ -17,8 +19,6 @@ from jaxdiff.edit_inputs import (
     load_sources,
     make_masks,
 )
-from jaxdiff.errors import UserError
-from jaxdiff.visualize import save_png
 
 MNIST = data_config("mnist")
 
@@ -241,7 +241,7 @@ def test_latent_mask_fills_every_cell_that_touches_a_hole():
 def test_split_source_equals_load_split():
     data_dir = os.environ["TFDS_DATA_DIR"]
     images, labels = load_sources("test[:5]", data_config("mnist", data_dir=data_dir), (28, 28, 1))
-    expected_images, expected_labels = data.load_split("mnist", "test[:5]", data_dir)
+    expected_images, expected_labels = batches.load_split("mnist", "test[:5]", data_dir)
     assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(images, expected_images)

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.editing import slerp
-from jaxdiff.errors import UserError
-from jaxdiff.samplers import (
+from jaxdiff.core.errors import UserError
+from jaxdiff.diffusion.sde import VESDE, VPSDE
+from jaxdiff.editing.controlled import slerp
+from jaxdiff.sampling.samplers import (
     SAMPLERS,
     Control,
     check_control,
@@ -20,7 +21,6 @@ from jaxdiff.samplers import (
     probability_flow_encode,
     repaint_schedule,
 )
-from jaxdiff.sde import VESDE, VPSDE
 from tests.test_samplers import MU, S, analytic_score, sampling_config
 
 SDES = {"ve": VESDE(), "vp": VPSDE()}

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 import jaxdiff
-from jaxdiff import data, edit_inputs, editing
-from jaxdiff.errors import UserError
-from jaxdiff.visualize import save_png
+from jaxdiff.commands import edit
+from jaxdiff.core.errors import UserError
+from jaxdiff.core.visualize import save_png
+from jaxdiff.data import batches
+from jaxdiff.editing import controlled, inputs
 
 from .conftest import cli_flags, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
@@ -37,13 +39,13 @@ def latent_pipe(tiny_latent_run):
 @pytest.fixture(scope="module")
 def digits():
     """Two sets of 4 test digits, A = test[:4] (what the command line's source reads) and B."""
-    images, _ = data.load_split("mnist", "test[:8]")
+    images, _ = batches.load_split("mnist", "test[:8]")
     return images[:4], images[4:]
 
 
 @pytest.fixture(scope="module")
 def mask():
-    return edit_inputs.make_masks("lower_half", 4, 28, 28)
+    return inputs.make_masks("lower_half", 4, 28, 28)
 
 
 # ---------------------------------------------------------------------------
@@ -161,11 +163,11 @@ def test_interpolate_classes_ends_are_the_plain_class_samples(cond_pipe):
     frames = cond_pipe.interpolate_classes(3, 7, 3, rows, steps, guidance, seed)
     assert frames.shape == (rows, 3, 28, 28, 1) and frames.dtype == np.uint8
 
-    experiment = editing._interpolation_experiment(cond_pipe, "3,7", steps, guidance)
-    noise = editing._noise(seed, (rows, *experiment.data_shape))
+    experiment = controlled._interpolation_experiment(cond_pipe, "3,7", steps, guidance)
+    noise = controlled._noise(seed, (rows, *experiment.data_shape))
     statics = dict(start_time=1.0, resample_steps=1, jump_length=1)
     labels = np.repeat(np.array([3, 7], np.int32), rows)
-    reference = editing._run_controlled(
+    reference = controlled._run_controlled(
         cond_pipe, experiment, statics, seed, noise=np.concatenate([noise, noise]), labels=labels
     ).astype(np.int32)
     threes, sevens = reference[:rows], reference[rows:]
@@ -205,7 +207,7 @@ def test_stems_tell_the_settings_apart(pipe, tmp_path):
 
     def stem(mask):
         config.editing.mask = mask
-        return editing._stem(pipe, "inpaint", config)
+        return edit._stem(pipe, "inpaint", config)
 
     assert stem("random_pixels:0.25") != stem("random_pixels:0.75")
     assert stem("random_pixels:0.25").endswith("inpaint_0000004_euler_maruyama_random_pixels0.25")
@@ -258,7 +260,7 @@ def test_inpaint_mode_writes_what_the_pipeline_gives(cli_workdir, pipe, digits):
     a, _ = digits
     np.testing.assert_array_equal(arrays["originals"], a)
     np.testing.assert_array_equal(arrays["results"], pipe.inpaint(a, arrays["masks"]))
-    assert (arrays["inputs"][:, HALF:] == editing.HOLE_GREY).all()
+    assert (arrays["inputs"][:, HALF:] == edit.HOLE_GREY).all()
     grid = np.asarray(Image.open(f"{stem}.png"))
     assert grid.ndim >= 2 and grid.shape[0] > 3 * 28
     assert not list((cli_workdir / "edits").glob("*.tmp*"))

@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from jaxdiff.configs import get_config
 
-from jaxdiff import metrics
-from jaxdiff.classifier import load_classifier, random_translate
-from jaxdiff.errors import UserError
-from jaxdiff.evaluate import RECORD_KEYS, evaluate, read_records, results_table, summary_line
-from jaxdiff.pipeline import Pipeline, read_config
-from jaxdiff.workdir import config_changes, write_config
+from jaxdiff.core.errors import UserError
+from jaxdiff.evaluation import metrics
+from jaxdiff.evaluation.evaluate import (
+    RECORD_KEYS,
+    evaluate,
+    read_records,
+    results_table,
+    summary_line,
+)
+from jaxdiff.pipeline import Pipeline
+from jaxdiff.training.classifier import load_classifier, random_translate
+from jaxdiff.training.workdir import config_changes, read_config, write_config
 
 from .conftest import apply_overrides
 
@@ -123,9 +129,9 @@ def test_eval_writes_every_metric_and_they_agree_with_the_metric_functions(
 
 
 def _split(split):
-    from jaxdiff import data
+    from jaxdiff.data import batches
 
-    return data.load_split("mnist", split)[0]
+    return batches.load_split("mnist", split)[0]
 
 
 def test_conditional_eval_measures_how_often_samples_are_of_the_requested_class(

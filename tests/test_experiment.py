@@ -5,7 +5,7 @@ import pytest
 from jaxdiff.configs import mnist
 
 from jaxdiff import experiment as experiment_module
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
 from jaxdiff.experiment import create_experiment
 
 

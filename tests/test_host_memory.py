@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 # fills it and frees it, twice; prints the page faults of the second round.
 SCRIPT = """
 import ctypes, json, resource, sys, threading
-from jaxdiff.host_memory import keep_freed_memory
+from jaxdiff.core.host_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

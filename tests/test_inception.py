@@ -1,7 +1,7 @@
 """The FID InceptionV3 against an independent numpy forward pass on random weights.
 
 The reference below is written from pytorch-fid's FIDInceptionV3 (NCHW, as torch
-computes it) and shares nothing with jaxdiff.inception but the state-dict key names:
+computes it) and shares nothing with jaxdiff.models.inception but the state-dict key names:
 its own layer table, convolution, BatchNorm, pooling and bilinear resize.
 """
 
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdiff.errors import UserError
-from jaxdiff.inception import (
+from jaxdiff.core.errors import UserError
+from jaxdiff.models.inception import (
     inception_features,
     load_inception_params,
     preprocess,

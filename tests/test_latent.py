@@ -10,11 +10,13 @@ import pytest
 from jaxdiff.configs import cifar10_latent, fashion_mnist_latent, mnist_latent
 from PIL import Image
 
-from jaxdiff import data, latent, parallel
-from jaxdiff.experiment import create_experiment
+from jaxdiff.core import parallel
+from jaxdiff.data import batches
+from jaxdiff.experiment import create_experiment, encode_images
 from jaxdiff.models.autoencoder import kl_divergence
-from jaxdiff.state import create_autoencoder_state, create_optimizer
-from jaxdiff.training import train_and_evaluate
+from jaxdiff.training import autoencoder
+from jaxdiff.training.score import train_and_evaluate
+from jaxdiff.training.state import create_autoencoder_state, create_optimizer
 
 from .conftest import apply_overrides, tiny_latent_overrides
 from .test_cli import run_main, snapshot
@@ -68,16 +70,16 @@ def test_scale_factor_gives_unit_variance():
     params = create_autoencoder_state(
         jax.random.key(0), experiment.autoencoder, experiment.image_shape, tx
     ).params
-    images, labels = data.load_split("mnist", "train[:1024]")
-    latents = latent.encode_images(experiment, params, images)
+    images, labels = batches.load_split("mnist", "train[:1024]")
+    latents = encode_images(experiment, params, images)
     assert latents.shape == (1024, 7, 7, 4)
-    scale = latent.latent_scale(latents)
+    scale = autoencoder.latent_scale(latents)
     assert abs(float(np.std(latents)) - 1.0) > 0.05  # the scale is doing something
     np.testing.assert_allclose(np.std(latents * scale), 1.0, rtol=1e-5)
     # A training batch, drawn as stage 2 draws it, has about unit variance, and
     # float latents come out of the batch drawer unchanged (no /255, no centering).
-    dataset = data.to_device(latents * scale, labels, experiment.mesh)
-    batch, _ = data.draw_batch(
+    dataset = batches.to_device(latents * scale, labels, experiment.mesh)
+    batch, _ = batches.draw_batch(
         jax.random.key(1), dataset, 64, parallel.batch_sharded(experiment.mesh), False, True
     )
     assert abs(float(jnp.std(batch)) - 1.0) < 0.15
@@ -183,7 +185,7 @@ def test_autoencoder_loss_terms(loss_name):
     assert log_var is None
     error = np.asarray(recon) - np.asarray(x)
     expected = np.mean(np.abs(error)) if loss_name == "l1" else np.mean(error**2)
-    loss = latent.autoencoder_loss(experiment.autoencoder, params, x, key, config)
+    loss = autoencoder.autoencoder_loss(experiment.autoencoder, params, x, key, config)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     # VAE: the KL term enters with its weight (same key, so the same posterior sample).
     config.autoencoder.variational = True
@@ -193,7 +195,9 @@ def test_autoencoder_loss_terms(loss_name):
     losses = {}
     for weight in (0.0, 0.5):
         config.autoencoder.kl_weight = weight
-        losses[weight] = latent.autoencoder_loss(experiment.autoencoder, params, x, key, config)
+        losses[weight] = autoencoder.autoencoder_loss(
+            experiment.autoencoder, params, x, key, config
+        )
     np.testing.assert_allclose(
         losses[0.5] - losses[0.0], 0.5 * np.mean(kl_divergence(mean, log_var)), rtol=1e-4
     )

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.likelihood import bits_per_dim, log_likelihood
-from jaxdiff.sde import VESDE, VPSDE
+from jaxdiff.diffusion.likelihood import bits_per_dim, log_likelihood
+from jaxdiff.diffusion.sde import VESDE, VPSDE
 
 EPS = 1e-3
 LN2 = math.log(2.0)

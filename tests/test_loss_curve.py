@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from jaxdiff.loss_curve import (
+from jaxdiff.training.loss_curve import (
     BOTTOM,
     CURVE_COLOR,
     LEFT,

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from jaxdiff.losses import (
+from jaxdiff.diffusion.losses import (
     LossRecipe,
     draw_training_noise,
     dsm_loss,
     dsm_loss_given_noise,
     loss_weights,
 )
-from jaxdiff.sde import VESDE, VPSDE
+from jaxdiff.diffusion.sde import VESDE, VPSDE
 
 MU, S, EPS = 0.5, 0.2, 1e-5
 

@@ -10,14 +10,16 @@ import optax
 import pytest
 from jaxdiff.configs import mnist, mnist_cond
 
-from jaxdiff import compiler, data, parallel
-from jaxdiff.errors import UserError
+from jaxdiff.core import compiler, parallel
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches
+from jaxdiff.diffusion.losses import dsm_loss, dsm_loss_given_noise, dsm_noise
+from jaxdiff.diffusion.preconditioning import make_score_fn
+from jaxdiff.diffusion.sde import VESDE
 from jaxdiff.experiment import create_experiment
-from jaxdiff.losses import dsm_loss, dsm_loss_given_noise, dsm_noise
-from jaxdiff.models import create_model, make_score_fn
-from jaxdiff.sde import VESDE
-from jaxdiff.state import init_state
-from jaxdiff.training import loss_and_grads, make_train_step
+from jaxdiff.models import create_model
+from jaxdiff.training.score import loss_and_grads, make_train_step
+from jaxdiff.training.state import init_state
 
 from .conftest import apply_overrides, run_script_on_devices, tiny_cond_overrides, tiny_overrides
 
@@ -119,7 +121,7 @@ def test_train_step_with_accumulation_gives_the_big_batch_step_and_metrics():
     config = tiny_config()
     experiment = create_experiment(config)
     rng = np.random.default_rng(0)
-    dataset = data.to_device(
+    dataset = batches.to_device(
         rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8),
         rng.integers(0, 10, 32).astype(np.int32),
         experiment.mesh,
@@ -163,10 +165,11 @@ import json, re, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, ".")
 from tests.test_memory import tiny_batch, tiny_config
-from jaxdiff import parallel
+from jaxdiff.core import parallel
 from jaxdiff.models import create_model
-from jaxdiff.sde import VESDE
-from jaxdiff.training import loss_and_grads
+from jaxdiff.diffusion.preconditioning import make_score_fn
+from jaxdiff.diffusion.sde import VESDE
+from jaxdiff.training.score import loss_and_grads
 
 config = tiny_config()
 model = create_model(config.model, (28, 28, 1))

@@ -8,8 +8,8 @@ import scipy.linalg
 from scipy.spatial.distance import cdist
 from scipy.stats import ortho_group
 
-from jaxdiff import metrics
-from jaxdiff.metrics import (
+from jaxdiff.evaluation import metrics
+from jaxdiff.evaluation.metrics import (
     classifier_accuracy,
     feature_statistics,
     fid,

@@ -20,9 +20,11 @@ from jaxdiff.configs import (
     mnist_seed,
 )
 
-from jaxdiff.datasets import dataset_info
-from jaxdiff.errors import UserError
-from jaxdiff.models import create_model, layers, make_score_fn
+from jaxdiff.core.errors import UserError
+from jaxdiff.data.datasets import dataset_info
+from jaxdiff.diffusion.preconditioning import make_score_fn
+from jaxdiff.diffusion.sde import VESDE, VPSDE, SubVPSDE
+from jaxdiff.models import create_model, layers
 from jaxdiff.models import unet as unet_module
 from jaxdiff.models.layers import (
     GaussianFourierProjection,
@@ -30,7 +32,6 @@ from jaxdiff.models.layers import (
     MultiHeadAttention,
     SpatialTransformer,
 )
-from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
 
 
 def init_shapes(model, image_shape, batch=2):

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from jaxdiff.progress import Progress, duration
+from jaxdiff.core.progress import Progress, duration
 
 
 class FakeClock:

@@ -21,10 +21,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxdiff import data, preemption
-from jaxdiff.errors import UserError
-from jaxdiff.training import train_and_evaluate
-from jaxdiff.workdir import WorkdirLock
+from jaxdiff.core import preemption
+from jaxdiff.core.errors import UserError
+from jaxdiff.data import batches
+from jaxdiff.training.score import train_and_evaluate
+from jaxdiff.training.workdir import WorkdirLock
 
 from .conftest import ROOT, cli_flags, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
@@ -234,13 +235,13 @@ def copy_run(workdir, target):
 
 def with_nan_images(monkeypatch):
     """Makes every training image NaN, as a corrupted input pipeline would."""
-    load_split = data.load_split
+    load_split = batches.load_split
 
     def nan_split(*args, **kwargs):
         images, labels = load_split(*args, **kwargs)
         return np.full(images.shape, np.nan, np.float32), labels
 
-    monkeypatch.setattr(data, "load_split", nan_split)
+    monkeypatch.setattr(batches, "load_split", nan_split)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(

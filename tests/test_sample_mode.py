@@ -10,9 +10,10 @@ from PIL import Image
 
 import jaxdiff
 from jaxdiff import pipeline as pipeline_module
-from jaxdiff.errors import UserError
-from jaxdiff.evaluate import evaluate
-from jaxdiff.pipeline import Pipeline, sample
+from jaxdiff.commands.sample import sample
+from jaxdiff.core.errors import UserError
+from jaxdiff.evaluation.evaluate import evaluate
+from jaxdiff.pipeline import Pipeline
 
 from .conftest import apply_overrides, tiny_cond_overrides, tiny_overrides
 from .test_api import model_flags
@@ -205,7 +206,7 @@ def test_eval_takes_the_step(tiny_run, monkeypatch):
         loaded.append(pipeline_module.load(*args, **kwargs).step)
         raise UserError("stop here")
 
-    monkeypatch.setattr("jaxdiff.evaluate.load", load)
+    monkeypatch.setattr("jaxdiff.evaluation.evaluate.load", load)
     with pytest.raises(UserError, match="stop here"):
         evaluate(run_config, str(workdir), step=2)
     assert loaded == [2]

@@ -12,10 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdiff.conditioning import guided_score_fn
-from jaxdiff.errors import UserError
-from jaxdiff.samplers import create_sampler, noise_levels, num_function_evals
-from jaxdiff.sde import VESDE, VPSDE, SubVPSDE
+from jaxdiff.core.errors import UserError
+from jaxdiff.diffusion.conditioning import guided_score_fn
+from jaxdiff.diffusion.sde import VESDE, VPSDE, SubVPSDE
+from jaxdiff.sampling.samplers import create_sampler, noise_levels, num_function_evals
 
 MU, S = 0.5, 0.2
 # Tolerances: 3% of the mean, 5% of the std. The VE prior N(0, std(1)^2) ignores

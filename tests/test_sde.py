@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from jaxdiff.errors import UserError
-from jaxdiff.sde import VESDE, VPSDE, SubVPSDE, create_sde
+from jaxdiff.core.errors import UserError
+from jaxdiff.diffusion.sde import VESDE, VPSDE, SubVPSDE, create_sde
 
 TIMES = np.array([1e-3, 0.1, 0.37, 0.8, 1.0])
 

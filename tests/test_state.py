@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from jaxdiff.configs import mnist
 
-from jaxdiff.datasets import dataset_info
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
+from jaxdiff.data.datasets import dataset_info
 from jaxdiff.models import create_model
-from jaxdiff.state import create_learning_rate_schedule, create_optimizer
+from jaxdiff.training.state import create_learning_rate_schedule, create_optimizer
 
 
 def training_config(**overrides):

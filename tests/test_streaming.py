@@ -4,9 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdiff import data, streaming
-from jaxdiff.loop import split_batch_key
-from jaxdiff.training import batch_key
+from jaxdiff.core.random import score_batch_key, step_keys
+from jaxdiff.data import batches, streaming
 
 from .conftest import run_script_on_devices
 
@@ -15,7 +14,7 @@ def host_stream(num=37, mesh=None):
     images = np.arange(num * 4, dtype=np.uint8).reshape(num, 2, 2, 1)
     labels = np.arange(num, dtype=np.int32) % 10
     mesh = mesh or jax.make_mesh((1,), ("data",))
-    return streaming.HostStream(images, labels, mesh, batch_key), images, labels
+    return streaming.HostStream(images, labels, mesh, score_batch_key), images, labels
 
 
 def test_stream_rows_are_the_rows_draw_batch_takes():
@@ -24,7 +23,7 @@ def test_stream_rows_are_the_rows_draw_batch_takes():
     rows = stream.indices(key, first_step=10, num_steps=3, batch_size=8)
     assert rows.shape == (3, 8)
     for j in range(3):
-        expected = data.batch_indices(batch_key(key, 10 + j), 37, 8)
+        expected = batches.batch_indices(score_batch_key(key, 10 + j), 37, 8)
         np.testing.assert_array_equal(rows[j], expected)
     got_images, got_labels = stream.gather(rows)
     np.testing.assert_array_equal(got_images, images[rows])
@@ -42,9 +41,11 @@ def test_calls_continue_from_any_step_and_stop_at_the_last():
             np.asarray(call.images), images[stream.indices(key, start, 2, 8)]
         )
     # The classifier's and autoencoder's key derivation streams as well.
-    other = streaming.HostStream(images, np.zeros(37, np.int32), stream.mesh, split_batch_key)
+    other = streaming.HostStream(
+        images, np.zeros(37, np.int32), stream.mesh, lambda k, s: step_keys(k, s)[0]
+    )
     first = next(other.calls(key, 0, 2, 2, 8))
-    expected = [data.batch_indices(split_batch_key(key, s), 37, 8) for s in (0, 1)]
+    expected = [batches.batch_indices(step_keys(key, s)[0], 37, 8) for s in (0, 1)]
     np.testing.assert_array_equal(np.asarray(first.images), images[np.stack(expected)])
 
 
@@ -56,7 +57,7 @@ def test_auto_keeps_a_split_on_the_device_up_to_a_quarter_of_its_memory(monkeypa
     assert streaming.keep_on_device("always", 10**12, mesh)
     assert not streaming.keep_on_device("never", 1, mesh)
     placed = streaming.training_data(
-        np.zeros((300, 1), np.uint8), np.zeros(300, np.int32), mesh, "auto", batch_key
+        np.zeros((300, 1), np.uint8), np.zeros(300, np.int32), mesh, "auto", score_batch_key
     )
     assert isinstance(placed, streaming.HostStream)
 
@@ -67,16 +68,18 @@ import jax, numpy as np
 sys.path.insert(0, ".")
 from jaxdiff.configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
-from jaxdiff import data, streaming
+from jaxdiff.data import batches
+from jaxdiff.data import streaming
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import batch_key, make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
+from jaxdiff.core.random import score_batch_key
+from jaxdiff.training.score import make_train_call
 
 config = apply_overrides(mnist.get_config(), tiny_overrides())
 config.training.steps_per_call = 2
 config.data.random_flip = True  # the flips must agree too
 experiment = create_experiment(config)
-images, labels = data.load_split("mnist", "train[:100]")
+images, labels = batches.load_split("mnist", "train[:100]")
 tx = create_optimizer(config.training)
 call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
 key = jax.random.key(1)
@@ -84,9 +87,9 @@ result = {}
 for path in ("device", "stream"):
     state = create_replicated_train_state(jax.random.key(0), experiment, tx)
     if path == "device":
-        batches = [data.to_device(images, labels, experiment.mesh)] * 2
+        batches = [batches.to_device(images, labels, experiment.mesh)] * 2
     else:
-        stream = streaming.HostStream(images, labels, experiment.mesh, batch_key)
+        stream = streaming.HostStream(images, labels, experiment.mesh, score_batch_key)
         batches = list(stream.calls(key, 0, 4, 2, config.training.batch_size))
     losses = []
     for batch in batches:

@@ -14,9 +14,9 @@ import pytest
 from jaxdiff.configs import mnist
 from PIL import Image
 
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
 from jaxdiff.pipeline import load
-from jaxdiff.training import train_and_evaluate
+from jaxdiff.training.score import train_and_evaluate
 
 from .conftest import ROOT, run_script_on_devices, tiny_cond_overrides, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
@@ -178,15 +178,15 @@ import jax, numpy as np
 sys.path.insert(0, ".")
 from jaxdiff.configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
-from jaxdiff import data
+from jaxdiff.data import batches
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
+from jaxdiff.training.score import make_train_call
 
 config = apply_overrides(mnist.get_config(), tiny_overrides())
 experiment = create_experiment(config)
-images, labels = data.load_split("mnist", "train[:100]")  # 100 rows: padded to 104 on 8 devices
-dataset = data.to_device(images, labels, experiment.mesh)
+images, labels = batches.load_split("mnist", "train[:100]")  # 100 rows: padded to 104 on 8 devices
+dataset = batches.to_device(images, labels, experiment.mesh)
 tx = create_optimizer(config.training)
 state = create_replicated_train_state(jax.random.key(0), experiment, tx)
 call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)

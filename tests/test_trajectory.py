@@ -7,12 +7,12 @@ from jaxdiff.configs import get_config
 from PIL import Image
 
 import jaxdiff
-from jaxdiff.errors import UserError
-from jaxdiff.pipeline import sample
-from jaxdiff.sample import grid_image, strip_rows
-from jaxdiff.samplers import create_sampler, noise_levels, snapshot_states, state_times
-from jaxdiff.sde import VESDE
-from jaxdiff.visualize import captioned
+from jaxdiff.commands.sample import sample
+from jaxdiff.core.errors import UserError
+from jaxdiff.core.visualize import captioned
+from jaxdiff.diffusion.sde import VESDE
+from jaxdiff.generation import grid_image, strip_rows
+from jaxdiff.sampling.samplers import create_sampler, noise_levels, snapshot_states, state_times
 
 from .conftest import apply_overrides, tiny_overrides
 from .test_samplers import analytic_score, sampling_config

@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import jaxdiff.configs as configs
 
-from jaxdiff import data
+from jaxdiff.data import batches
 from jaxdiff.experiment import create_experiment
-from jaxdiff.loop import apply_update
-from jaxdiff.state import create_optimizer, init_state
-from jaxdiff.training import make_train_step
+from jaxdiff.training.loop import apply_update
+from jaxdiff.training.score import make_train_step
+from jaxdiff.training.state import create_optimizer, init_state
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     experiment = create_experiment(config)
     config = experiment.config
     images = jnp.zeros((1024, *experiment.image_shape), jnp.uint8)
-    dataset = data.to_device(images, jnp.zeros((1024,), jnp.int32), experiment.mesh)
+    dataset = batches.to_device(images, jnp.zeros((1024,), jnp.int32), experiment.mesh)
     key = jax.random.key(0)
     dummy = (jnp.zeros((1, *experiment.data_shape)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
     params = jax.eval_shape(lambda: experiment.model.init(key, *dummy)["params"])

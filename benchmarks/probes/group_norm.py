@@ -6,7 +6,7 @@ The two compute the same function with the same parameters. flax reduces and
 normalises through a (batch, pixels, groups, channels per group) view;
 jaxdiff's `ops.group_norm` does the same wherever a derivative is taken
 (training), and otherwise (sampling) reduces per channel first and normalises
-with one per-channel multiply-add. Times, compiled as jaxdiff compiles (`jaxdiff.compiler`)
+with one per-channel multiply-add. Times, compiled as jaxdiff compiles (`jaxdiff.core.compiler`)
 and in turns, medians of `--repeats`:
 
 - each U-Net's GroupNorm + swish at its map sizes, flax's against the
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from run import MODELS, JaxSide, benchmark_images
 from timing import time_in_turns, time_sides_in_turns, write_json
 
-from jaxdiff.compiler import jit
+from jaxdiff.core.compiler import jit
 from jaxdiff.models import layers, unet
 from jaxdiff.models.layers import GroupNorm, group_count
 

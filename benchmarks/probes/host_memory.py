@@ -1,4 +1,4 @@
-"""glibc's malloc as configured by default against `jaxdiff.host_memory.keep_freed_memory`.
+"""glibc's malloc as configured by default against `jaxdiff.core.host_memory.keep_freed_memory`.
 
     python benchmarks/probes/host_memory.py --models=mnist,cifar10 --sides=jaxdiff,torch_eager
 
@@ -32,7 +32,7 @@ import time
 # The repository (for jaxdiff and tests) and benchmarks/ (for run.py and timing.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jaxdiff.host_memory import keep_freed_memory
+from jaxdiff.core.host_memory import keep_freed_memory
 
 if not keep_freed_memory():  # Before JAX starts: see its docstring.
     sys.exit("error: keep_freed_memory() did not apply: this benchmark needs glibc")

@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from run import MODELS, benchmark_images, peak_flops, train_step_flops
 
-from jaxdiff import data
+from jaxdiff.data import batches
 from jaxdiff.experiment import create_experiment
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import make_train_call
+from jaxdiff.training.score import make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
 
 def build(model_name: str, batch: int, half_precision: bool, steps: int, images, labels):
@@ -47,7 +47,7 @@ def build(model_name: str, batch: int, half_precision: bool, steps: int, images,
     tx = create_optimizer(config.training)
     key = jax.random.key(0)
     state = create_replicated_train_state(key, experiment, tx)
-    dataset = data.to_device(images, labels, experiment.mesh)
+    dataset = batches.to_device(images, labels, experiment.mesh)
     call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
     flops = train_step_flops(experiment, tx, state, key, dataset)
     state, metrics = call(state, key, dataset)

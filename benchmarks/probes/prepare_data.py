@@ -1,4 +1,4 @@
-"""How long `jaxdiff.prepare` takes to prepare each full dataset from its original files.
+"""How long `jaxdiff.data.prepare` takes to prepare each full dataset from its original files.
 
     python benchmarks/probes/prepare_data.py --tfds_dir=../shared/data/tensorflow_datasets
 
@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from jaxdiff import prepare
+from jaxdiff.data import prepare
 from tests.data.make_subsets import write_source_files
 
 

@@ -39,11 +39,11 @@ from jaxdiff.configs import (
     mnist_latent,
 )
 
-from jaxdiff import data
+from jaxdiff.data import batches
 from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params
-from jaxdiff.state import create_optimizer, create_replicated_train_state
-from jaxdiff.training import make_train_call
+from jaxdiff.training.score import make_train_call
+from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
 
 def _config(module, **training):
@@ -92,13 +92,13 @@ def prepare(config, python_loop):
     """Compiles a row's train call and runs it once; returns (timed_call, warm-up s, params)."""
     experiment = create_experiment(config)
     config = experiment.config
-    images, labels = data.load_split(config.data.dataset, "train[:1024]", config.data.data_dir)
+    images, labels = batches.load_split(config.data.dataset, "train[:1024]", config.data.data_dir)
     if experiment.autoencoder is not None:
         # Stage 2 trains on latents; their values do not change the step's cost.
         latents = np.random.default_rng(0).standard_normal((len(images), *experiment.data_shape))
-        dataset = data.to_device(latents.astype(np.float32), labels, experiment.mesh)
+        dataset = batches.to_device(latents.astype(np.float32), labels, experiment.mesh)
     else:
-        dataset = data.to_device(images, labels, experiment.mesh)
+        dataset = batches.to_device(images, labels, experiment.mesh)
     tx = create_optimizer(config.training)
     state = create_replicated_train_state(jax.random.key(0), experiment, tx)
     call = make_train_call(

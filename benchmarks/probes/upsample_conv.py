@@ -7,7 +7,7 @@ Each decoder level of the Fashion-MNIST and CIFAR-10 U-Nets upsamples its map
 computes the same function on the small map, at 4/9 of the multiply-adds. For
 each layer shape, times the forward pass (sampling) and forward + gradients of
 input and kernel (training) of the two, compiled as jaxdiff compiles (the
-options of `jaxdiff.compiler`), in turns; medians of `--repeats`. Prints the
+options of `jaxdiff.core.compiler`), in turns; medians of `--repeats`. Prints the
 table and writes it as JSON (`--out`).
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from timing import time_in_turns, write_json
 
-from jaxdiff.compiler import jit
+from jaxdiff.core.compiler import jit
 from jaxdiff.models.layers import resize_to
 from jaxdiff.ops import upsample2x_conv
 

@@ -5,7 +5,7 @@
 
 For each model, jaxdiff's train call and Euler-Maruyama sampler are built
 twice, as benchmarks/run.py builds them: compiled with
-`jaxdiff.compiler.compiler_options()` (on CPU: no YNNPACK convolutions) and with
+`jaxdiff.core.compiler.compiler_options()` (on CPU: no YNNPACK convolutions) and with
 XLA's defaults. The two versions then run in turns, each on its own state;
 figures are medians of `--repeats` timed rounds. Prints train images/s and
 milliseconds per network evaluation for both, and their ratios, and writes
@@ -30,12 +30,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from run import MODELS, JaxSide, benchmark_images
 from timing import time_in_turns, time_sides_in_turns, write_json
 
-from jaxdiff import compiler
+from jaxdiff.core import compiler
 
 
 @contextlib.contextmanager
 def xla_defaults():
-    """Inside: `jaxdiff.compiler.jit` compiles with XLA's default options."""
+    """Inside: `jaxdiff.core.compiler.jit` compiles with XLA's default options."""
     saved = compiler.compiler_options
     compiler.compiler_options = lambda: {}
     try:

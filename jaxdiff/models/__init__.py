@@ -8,12 +8,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.common import ScoreFn, per_example
-from jaxdiff.errors import UserError
+from jaxdiff.core.errors import UserError
+from jaxdiff.core.registry import Registry
 from jaxdiff.models.autoencoder import Autoencoder
 from jaxdiff.models.unet import SeedUNet, UNet
-from jaxdiff.registry import Registry
-from jaxdiff.sde import SDE
 
 # The score networks `model.name` chooses. A builder takes (model_config,
 # image_shape, num_classes, dtype) and returns the Linen module; num_classes is 0
@@ -117,11 +115,6 @@ def create_model(
     """
     c = model_config
     network = NETWORKS.get(c.name)
-    if c.preconditioning not in PRECONDITIONINGS:
-        raise UserError(
-            f"unknown model.preconditioning {c.preconditioning!r}; "
-            f"choose one of {list(PRECONDITIONINGS)}"
-        )
     if c.conditional:
         _check_conditioning(c, num_classes)
     return network.build(
@@ -187,54 +180,6 @@ def create_autoencoder(
         image_shape=tuple(image_shape),
         dtype=dtype or jnp.float32,
     )
-
-
-PRECONDITIONINGS = ("none", "edm")
-
-
-def make_score_fn(
-    model: nn.Module,
-    params: Any,
-    sde: SDE,
-    model_config,
-    train: bool = False,
-    dropout_key: jax.Array | None = None,
-    labels: jax.Array | None = None,
-) -> ScoreFn:
-    """Turns the network into a score function s(x, t), as `model_config.preconditioning` says.
-
-    A conditional network is evaluated at the class `labels` (B,).
-
-    "none" is the seed's parametrisation: s = F(x, t) / std(t) (the network
-    predicts -z). "edm" wraps the same network in Karras et al.'s (2022)
-    preconditioning, written for any SDE through sigma = std / alpha and
-    x~ = x / alpha: D = c_skip x~ + c_out F(c_in x~, t), s = (D - x~) / (sigma^2 alpha),
-    with c_in = 1 / sqrt(sigma^2 + sd^2), c_skip = sd^2 / (sigma^2 + sd^2),
-    c_out = sigma sd / sqrt(sigma^2 + sd^2), sd = `model_config.sigma_data`. The
-    network's input then has unit scale and its target is O(1) at every noise
-    level; with F = 0 the score is exactly that of N(0, sd^2) data.
-    """
-
-    def network(x, t):
-        rngs = {"dropout": dropout_key} if train else None
-        return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
-
-    if model_config.preconditioning == "none":
-        return lambda x, t: network(x, t) / per_example(sde.marginal_std(t), x)
-
-    sigma_data = model_config.sigma_data
-
-    def score_fn(x, t):
-        alpha = per_example(sde.mean_coeff(t), x)
-        sigma = per_example(sde.marginal_std(t), x) / alpha
-        total = sigma**2 + sigma_data**2
-        x_scaled = x / alpha
-        out = network(x_scaled * jax.lax.rsqrt(total), t)
-        # (D - x~) / sigma^2 with c_skip - 1 = -sigma^2 / total cancelled by hand:
-        # subtracting D - x~ directly loses float32 precision at small sigma.
-        return (sigma_data * jax.lax.rsqrt(total) * out / sigma - x_scaled / total) / alpha
-
-    return score_fn
 
 
 def count_params(params: Any) -> int:

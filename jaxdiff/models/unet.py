@@ -1,6 +1,6 @@
 """Score U-Nets: the seed's small net and a residual/attention ("enhanced") net.
 
-Both map (x_t, t) to a tensor shaped like x_t, which `jaxdiff.models.make_score_fn`
+Both map (x_t, t) to a tensor shaped like x_t, which `jaxdiff.diffusion.preconditioning`
 turns into a score. With `num_classes > 0` they are conditional: they also take
 class labels (the null label `num_classes` meaning "none"), embedded as
 condition tokens that spatial-transformer blocks cross-attend to.

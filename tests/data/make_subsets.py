@@ -3,7 +3,7 @@
     TFDS_DATA_DIR=../shared/data/tensorflow_datasets python tests/data/make_subsets.py
 
 Each subset is the first rows of the dataset's splits, in the dataset's original
-distribution format (what `jaxdiff.prepare` reads), so the tests prepare them
+distribution format (what `jaxdiff.data.prepare` reads), so the tests prepare them
 with the same code that prepares a download.
 """
 
@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxdiff import prepare
+from jaxdiff.data import prepare
 
 HERE = pathlib.Path(__file__).parent
 # Rows per split: enough for the tests' largest slices (a classifier trains on
