@@ -122,9 +122,9 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
 
         train_and_evaluate(config, workdir, FLAGS.allow_config_change)
     elif mode == "sample":
-        from jaxdiff.commands.sample import sample
+        from jaxdiff.commands import sample
 
-        sample(config, workdir, step)
+        sample.run(config, workdir, step)
     elif mode in ("inpaint", "edit", "interpolate"):
         from jaxdiff.commands import edit
         from jaxdiff.pipeline import load

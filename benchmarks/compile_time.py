@@ -41,44 +41,32 @@ def measure(args) -> dict:
     import jax
     import jax.numpy as jnp
     import jaxdiff.configs as configs
-    from timing import labelled_sampler
+    from common import labelled_sampler, timed_setup
 
     from jaxdiff.core.compiler import jit
     from jaxdiff.data import batches
-    from jaxdiff.experiment import create_experiment
-    from jaxdiff.training.score import make_train_call
-    from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 
     start = time.perf_counter()
     config = configs.get_config(args.config)
-    t = config.training
-    t.batch_size = args.batch
-    t.half_precision = args.precision == "bf16"
-    t.steps_per_call = args.steps_per_call
-    t.num_steps = t.log_every = t.checkpoint_every = 4 * max(args.steps_per_call, 1)
-    config.sampling.sampler = args.sampler
-    config.sampling.num_steps = args.sample_steps
-    experiment = create_experiment(config)
-    config = experiment.config
-    tx = create_optimizer(config.training)
+    setup = timed_setup(config, args, args.sampler, 4 * max(args.steps_per_call, 1))
+    experiment = setup.experiment
     key = jax.random.key(0)
-    state = create_replicated_train_state(key, experiment, tx)
+    state = setup.init_state(key)
     images = jnp.zeros((1024, *experiment.image_shape), jnp.uint8)
     labels = jnp.zeros((1024,), jnp.int32)
     dataset = batches.to_device(images, labels, experiment.mesh)
     jax.block_until_ready(state)
     setup_s = time.perf_counter() - start
 
-    train_call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-    sample = labelled_sampler(experiment, config.sampling, args.sample_batch)
+    sample = labelled_sampler(experiment, experiment.config.sampling, args.sample_batch)
 
     programs = {
-        "train": (train_call, (state, key, dataset)),
+        "train": (setup.train_call, (state, key, dataset)),
         "sample": (jit(sample), (state.ema_params, key)),
     }
     result = {"setup_s": setup_s, "backend": jax.default_backend()}
     if args.parts:
-        result["parts"] = train_step_parts(experiment, tx, state, key, dataset)
+        result["parts"] = train_step_parts(experiment, setup.tx, state, key, dataset)
     for name, (fn, fn_args) in programs.items():
         t0 = time.perf_counter()
         traced = fn.trace(*fn_args)
@@ -137,10 +125,7 @@ def train_step_parts(experiment, tx, state, key, dataset) -> dict:
         )
         return dsm_loss(score_fn, experiment.sde, x0, key, config.training.eps)
 
-    def step(state, key):
-        return make_train_step(model, experiment.sde, tx, config, experiment.mesh)(
-            state, key, dataset
-        )
+    step = make_train_step(model, experiment.sde, tx, config, experiment.mesh)
 
     grads = jax.tree.map(jax.numpy.zeros_like, state.params)
     parts = {
@@ -150,7 +135,7 @@ def train_step_parts(experiment, tx, state, key, dataset) -> dict:
             lambda s, g: apply_update(s, g, tx, config.training.ema_decay),
             (state, grads),
         ),
-        "whole step": (step, (state, key)),
+        "whole step": (lambda state, key: step(state, key, dataset), (state, key)),
     }
     timings = {}
     for name, (fn, fn_args) in parts.items():

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import jaxdiff
-from jaxdiff.data import batches
+from jaxdiff.data import tfds_reader
 from jaxdiff.editing.inputs import make_masks
 from jaxdiff.training.classifier import load_classifier
 from jaxdiff.training.workdir import read_config
@@ -53,7 +53,7 @@ def main() -> None:
     uncond, cond = load(args.uncond), load(args.cond)
     classifier = load_classifier(args.classifier)
     c = uncond.config.data
-    images, labels = batches.load_split(c.dataset, f"test[:{args.num}]", c.data_dir, c.download)
+    images, labels = tfds_reader.load_split(c.dataset, f"test[:{args.num}]", c.data_dir, c.download)
     height, width = images.shape[1:3]
     masks = make_masks("lower_half", len(images), height, width)
     # Another class for every image: its label plus 1..9, drawn once.
@@ -77,50 +77,35 @@ def main() -> None:
         rows.append(dict(name=name, accuracy=accuracy, seconds=0.0, nfe=0))
         print(f"{name:66s} {accuracy:7.2%}", flush=True)
 
-    nfe = jaxdiff.sampling.samplers.num_function_evals(uncond.config.sampling)
-    r, j = args.resample_steps, args.jump_length
-    row(
-        "inpaint lower half, unconditional",
-        labels,
-        lambda x, y: uncond.inpaint(x, masks[: len(x)]),
-        nfe,
-    )
+    nfe = jaxdiff.sampling.num_function_evals(uncond.config.sampling)
+    r, j, w = args.resample_steps, args.jump_length, args.guidance
+    resample = dict(resample_steps=r, jump_length=j)
+
+    def inpaint(pipeline, prompted: bool = False, **kwargs):
+        """(images, targets) -> the lower halves filled in, toward the targets if `prompted`."""
+
+        def make(x, y):
+            prompt = dict(prompt=list(y), guidance_scale=w) if prompted else {}
+            return pipeline.inpaint(x, masks[: len(x)], **prompt, **kwargs)
+
+        return make
+
+    row("inpaint lower half, unconditional", labels, inpaint(uncond), nfe)
     row(
         f"inpaint lower half, unconditional, resample {r} jump {j}",
         labels,
-        lambda x, y: uncond.inpaint(x, masks[: len(x)], resample_steps=r, jump_length=j),
+        inpaint(uncond, **resample),
         None,
     )
-    w = args.guidance
+    row("conditional run, inpaint, no prompt", labels, inpaint(cond), nfe)
     row(
-        "conditional run, inpaint, no prompt",
-        labels,
-        lambda x, y: cond.inpaint(x, masks[: len(x)]),
-        nfe,
+        f"conditional run, inpaint toward the true class, w={w:g}", labels, inpaint(cond, True), nfe
     )
-    row(
-        f"conditional run, inpaint toward the true class, w={w:g}",
-        labels,
-        lambda x, y: cond.inpaint(x, masks[: len(x)], prompt=list(y), guidance_scale=w),
-        nfe,
-    )
-    row(
-        f"conditional run, inpaint toward another class, w={w:g}",
-        others,
-        lambda x, y: cond.inpaint(x, masks[: len(x)], prompt=list(y), guidance_scale=w),
-        nfe,
-    )
+    row(f"conditional run, inpaint toward another class, w={w:g}", others, inpaint(cond, True), nfe)
     row(
         f"conditional run, inpaint toward another class, w={w:g}, resample {r} jump {j}",
         others,
-        lambda x, y: cond.inpaint(
-            x,
-            masks[: len(x)],
-            prompt=list(y),
-            guidance_scale=w,
-            resample_steps=r,
-            jump_length=j,
-        ),
+        inpaint(cond, True, **resample),
         None,
     )
     for strength in (0.3, 0.5, 0.7):

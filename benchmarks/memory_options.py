@@ -11,6 +11,7 @@ Writes `--out` (.json).
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -21,14 +22,12 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxdiff.configs as configs
-from timing import write_json
+from common import time_in_turns, write_json
 
 from jaxdiff.core.compiler import memory_summary
 from jaxdiff.core.random import score_batch_key
 from jaxdiff.data import datasets, streaming
-from jaxdiff.experiment import create_experiment
-from jaxdiff.training.score import make_train_call
-from jaxdiff.training.state import create_optimizer, create_replicated_train_state
+from jaxdiff.training.score import create_train_setup
 
 
 def variant_config(args, variant: str):
@@ -45,6 +44,12 @@ def variant_config(args, variant: str):
     return config
 
 
+def train_call(run: dict) -> None:
+    """One call of a variant's compiled train call on its state, waiting for it."""
+    run["state"], metrics = run["compiled"](run["state"], run["key"], run["dataset"])
+    jax.block_until_ready(metrics)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="folder64")
@@ -59,39 +64,27 @@ def main() -> None:
 
     runs = {}
     for variant in args.variants.split(","):
-        experiment = create_experiment(variant_config(args, variant))
+        setup = create_train_setup(variant_config(args, variant))
+        experiment = setup.experiment
         config = experiment.config
         images, labels = datasets.read_split(config.data, args.split)
         dataset = streaming.training_data(
             images, labels, experiment.mesh, config.data.on_device, score_batch_key
         )
-        tx = create_optimizer(config.training)
-        call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-        state = create_replicated_train_state(jax.random.key(0), experiment, tx)
+        state = setup.init_state(jax.random.key(0))
         key = jax.random.key(1)
         start = time.perf_counter()
-        compiled = call.lower(state, key, dataset).compile()
+        compiled = setup.train_call.lower(state, key, dataset).compile()
         compile_seconds = time.perf_counter() - start
         summary = memory_summary(compiled, "train call")
         print(f"{variant}: {summary} (compiled in {compile_seconds:.0f} s)", flush=True)
-        state, metrics = compiled(state, key, dataset)  # warm-up
-        jax.block_until_ready(metrics)
-        runs[variant] = dict(
-            compiled=compiled,
-            state=state,
-            key=key,
-            dataset=dataset,
-            summary=summary,
-            compile_seconds=compile_seconds,
-            times=[],
-            image_shape=experiment.image_shape,
-        )
-    for _ in range(args.repeats):
-        for run in runs.values():
-            start = time.perf_counter()
-            run["state"], metrics = run["compiled"](run["state"], run["key"], run["dataset"])
-            jax.block_until_ready(metrics)
-            run["times"].append(time.perf_counter() - start)
+        run = dict(compiled=compiled, state=state, key=key, dataset=dataset, summary=summary)
+        run.update(compile_seconds=compile_seconds, image_shape=experiment.image_shape)
+        runs[variant] = run
+        train_call(run)  # warm-up
+    calls = {variant: functools.partial(train_call, run) for variant, run in runs.items()}
+    for variant, seconds in time_in_turns(calls, args.repeats).items():
+        runs[variant]["times"] = seconds
     rows = []
     base = None
     for variant, run in runs.items():

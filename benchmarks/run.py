@@ -7,11 +7,12 @@
     python benchmarks/run.py --models=cifar10_cond --sides=jaxdiff --precision=bf16 \\
         --batch=128,256,512 --sample_batch=512                 # an MFU sweep: a table per batch
 
-Rows (`--models` picks): the seed MNIST nets (`configs/mnist_seed.py`, uncond
-and cond) and jaxdiff's MNIST, Fashion-MNIST and CIFAR-10 configs, each on
-three sides (`--sides`): jaxdiff, and its network's PyTorch twin
-(benchmarks/torch_reference.py) eager and `torch.compile`d. Before timing, the
-twin is checked to compute jaxdiff's network and score (`check_twin`). Every
+Rows (`--models` picks): the original project's MNIST nets
+(`configs/mnist_original.py`, uncond and cond) and jaxdiff's MNIST,
+Fashion-MNIST and CIFAR-10 configs, each on three sides (`--sides`): jaxdiff,
+and its network's PyTorch twin (benchmarks/torch_reference.py) eager and
+`torch.compile`d. Before timing, the twin is checked to compute jaxdiff's
+network and score (`check_twin`). Every
 side is built and warmed up first (the warm-up time, compilation included, is
 reported), then the sides of a model are timed in turns, `--repeats` times;
 figures are medians. Train images/s use the same batch and precision on every
@@ -56,28 +57,18 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing, torch_reference
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common, torch_reference
 
-from jaxdiff.configs import (
-    cifar10,
-    cifar10_cond,
-    fashion_mnist,
-    fashion_mnist_cond,
-    mnist,
-    mnist_cond,
-    mnist_seed,
-)
-from timing import labelled_sampler
+import jaxdiff.configs as configs
+from common import labelled_sampler, time_in_turns, timed_setup
 
-from jaxdiff.core.compiler import jit
+from jaxdiff.core.compiler import jit, memory_summary
 from jaxdiff.core.host_memory import keep_freed_memory
-from jaxdiff.data import batches
+from jaxdiff.data import batches, tfds_reader
 from jaxdiff.data.datasets import BUILTIN_SHAPES, dataset_info
 from jaxdiff.diffusion.preconditioning import make_score_fn
-from jaxdiff.experiment import create_experiment
 from jaxdiff.models import count_params
-from jaxdiff.training.score import make_train_call, make_train_step
-from jaxdiff.training.state import create_optimizer, create_replicated_train_state
+from jaxdiff.training.score import make_train_step
 
 # Dense peak FLOP/s by device kind and precision (fp32 = TF32 tensor cores, which
 # XLA and PyTorch's cuDNN convolutions use for float32 by default).
@@ -87,15 +78,16 @@ PEAK_FLOPS = {
     "A100": {"bf16": 312e12, "fp32": 156e12},
 }
 
+# Row names and the configs they time (names of `configs.get_config`).
 MODELS = {
-    "seed_uncond": lambda: mnist_seed.get_config("uncond"),
-    "seed_cond": lambda: mnist_seed.get_config("cond"),
-    "mnist": mnist.get_config,
-    "mnist_cond": mnist_cond.get_config,
-    "fashion_mnist": fashion_mnist.get_config,
-    "fashion_mnist_cond": fashion_mnist_cond.get_config,
-    "cifar10": cifar10.get_config,
-    "cifar10_cond": cifar10_cond.get_config,
+    "seed_uncond": "mnist_original",
+    "seed_cond": "mnist_original:cond",
+    "mnist": "mnist",
+    "mnist_cond": "mnist_cond",
+    "fashion_mnist": "fashion_mnist",
+    "fashion_mnist_cond": "fashion_mnist_cond",
+    "cifar10": "cifar10",
+    "cifar10_cond": "cifar10_cond",
 }
 
 
@@ -112,7 +104,7 @@ def benchmark_images(dataset: str, npz_dir: str = ""):
     if npz_dir and os.path.exists(os.path.join(npz_dir, f"{dataset}.npz")):
         with np.load(os.path.join(npz_dir, f"{dataset}.npz")) as saved:
             return saved["images"], saved["labels"]
-    return batches.load_split(dataset, BENCHMARK_SPLIT)
+    return tfds_reader.load_split(dataset, BENCHMARK_SPLIT)
 
 
 def peak_flops(precision: str) -> float | None:
@@ -123,47 +115,34 @@ def peak_flops(precision: str) -> float | None:
     return None
 
 
-def timed(fn, times: list[float]) -> None:
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-
-
 class JaxSide:
     """jaxdiff's own train call and sampler for a config."""
 
     name = "jaxdiff"
 
     def __init__(self, config, args, images, labels):
-        c = config
-        c.training.batch_size = args.batch
-        c.training.half_precision = args.precision == "bf16"
-        c.training.steps_per_call = args.steps_per_call
-        c.training.num_steps = c.training.log_every = c.training.checkpoint_every = args.train_steps
-        c.sampling.sampler = "euler_maruyama"
-        c.sampling.num_steps = args.sample_steps
-        self.experiment = experiment = create_experiment(c)
-        self.config = c = experiment.config
+        setup = timed_setup(config, args, "euler_maruyama", args.train_steps)
+        self.experiment = experiment = setup.experiment
+        c = experiment.config
         self.calls = args.train_steps // c.training.steps_per_call
-        tx = create_optimizer(c.training)
-        key = jax.random.key(0)
-        self.state = create_replicated_train_state(key, experiment, tx)
+        self.key = key = jax.random.key(0)
+        self.state = setup.init_state(key)
         self.params = count_params(self.state.params)
         self.dataset = batches.to_device(images, labels, experiment.mesh)
-        self.key = key
-        train_call = make_train_call(experiment.model, experiment.sde, tx, c, experiment.mesh)
-        self.flops_per_step = train_step_flops(experiment, tx, self.state, key, self.dataset)
+        self.flops_per_step = train_step_flops(experiment, setup.tx, self.state, key, self.dataset)
 
         # As jaxdiff compiles its sampler.
         self.sample_fn = jit(labelled_sampler(experiment, c.sampling, args.sample_batch))
         start = time.perf_counter()
         # Compiled once, ahead of time, so that its memory analysis costs no second compile;
         # a state of another sharding would be refused, not silently compiled for again.
-        self.train_call = train_call.lower(self.state, key, self.dataset).compile()
+        self.train_call = setup.train_call.lower(self.state, key, self.dataset).compile()
         self.train()
         self.sample()
         self.warmup_s = time.perf_counter() - start
-        self.peak_mem_mb = _compiled_memory_mb(self.train_call)
+        # Arguments + outputs + temporaries, donated buffers once (None: not reported).
+        total = memory_summary(self.train_call, "train call").total_bytes
+        self.peak_mem_mb = None if total is None else total / 2**20
 
     def train(self):
         for _ in range(self.calls):
@@ -271,21 +250,6 @@ def _conv_flops(eqn) -> int:
     return 2 * batch * features * rhs[rhs_spec[1]] * pairs
 
 
-def _compiled_memory_mb(compiled) -> float | None:
-    """Arguments + outputs + temporaries of a compiled program (aliased buffers once)."""
-    try:
-        m = compiled.memory_analysis()
-        total = (
-            m.argument_size_in_bytes
-            + m.output_size_in_bytes
-            + m.temp_size_in_bytes
-            - m.alias_size_in_bytes
-        )
-        return total / 2**20
-    except (AttributeError, NotImplementedError):
-        return None
-
-
 def torch_twin(config, image_shape: tuple[int, int, int], num_classes: int):
     """The PyTorch twin (benchmarks/torch_reference.py) of a config's score network.
 
@@ -314,8 +278,8 @@ def torch_twin(config, image_shape: tuple[int, int, int], num_classes: int):
             ff_mult=m.ff_mult,
         )
     height, width, image_channels = image_shape
-    if m.name == "seed_unet" and image_shape == (28, 28, 1):
-        return ref.SeedScoreNet(
+    if m.name == "small_unet" and image_shape == (28, 28, 1):
+        return ref.SmallUNet(
             channels=tuple(m.channels), attention_sides=tuple(m.attention_resolutions), **common
         )
     if m.name == "unet" and height == width:
@@ -507,7 +471,7 @@ def main() -> None:
     if args.save_npz:
         os.makedirs(args.save_npz, exist_ok=True)
         for dataset in BUILTIN_SHAPES:
-            images, labels = batches.load_split(dataset, BENCHMARK_SPLIT)
+            images, labels = tfds_reader.load_split(dataset, BENCHMARK_SPLIT)
             np.savez_compressed(
                 os.path.join(args.save_npz, f"{dataset}.npz"), images=images, labels=labels
             )
@@ -531,7 +495,7 @@ def main() -> None:
         load_rows(json_path)  # A file that cannot be merged into fails now, not after the run.
     record = run_record()
     for model_name in models:
-        dataset = MODELS[model_name]().data.dataset
+        dataset = configs.get_config(MODELS[model_name]).data.dataset
         if dataset not in datasets:
             datasets[dataset] = benchmark_images(dataset, args.data_npz_dir)
         twin_checked = False
@@ -557,11 +521,11 @@ def time_model(model_name, sides, args, images, labels, device_name, twin_checke
     for side in sides:
         print(f"building {model_name} / {side} at batch {args.batch} ...", flush=True)
         try:
+            config = configs.get_config(MODELS[model_name])  # A side sets fields of its own.
             if side == "jaxdiff":
-                built.append(JaxSide(MODELS[model_name](), args, images, labels))
+                built.append(JaxSide(config, args, images, labels))
             else:
-                compiled = side == "torch_compile"
-                built.append(TorchSide(MODELS[model_name](), compiled, args, images, labels))
+                built.append(TorchSide(config, side == "torch_compile", args, images, labels))
         except Exception as e:  # One side failing (e.g. a compiler bug) keeps the others.
             message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             print(f"{model_name} / {side} failed: {type(e).__name__}: {message}", flush=True)
@@ -583,18 +547,16 @@ def time_model(model_name, sides, args, images, labels, device_name, twin_checke
             error = check_twin(jax_side, torch_sides[0].device)
             print(f"{model_name}: the PyTorch twin's score is jaxdiff's to {error:.1e}")
             checked = True
-    train_times = {b.name: [] for b in built}
-    sample_times = {b.name: [] for b in built}
-    for _ in range(args.repeats):  # In turns, so a noisy machine slows every side alike.
-        for b in built:
-            timed(b.train, train_times[b.name])
-            timed(b.sample, sample_times[b.name])
+    calls = {}
+    for b in built:
+        calls[b.name, "train"], calls[b.name, "sample"] = b.train, b.sample
+    seconds = time_in_turns(calls, args.repeats)
     flops = jax_side.flops_per_step if jax_side else None
     peak = peak_flops(args.precision)
     rows = []
     for b in built:
-        train_s = statistics.median(train_times[b.name])
-        sample_s = statistics.median(sample_times[b.name])
+        train_s = statistics.median(seconds[b.name, "train"])
+        sample_s = statistics.median(seconds[b.name, "sample"])
         steps_per_s = args.train_steps / train_s
         rows.append(
             {

@@ -1,13 +1,13 @@
 """PyTorch twins of jaxdiff's score networks, for side-by-side benchmarks only.
 
-`SeedScoreNet` is the original tutorial's score U-Net (and, with classes, its
-conditional version with spatial transformers): jaxdiff's `seed_unet`
+`SmallUNet` is the original tutorial's score U-Net (and, with classes, its
+conditional version with spatial transformers): jaxdiff's `small_unet`
 (transposed-convolution decoder). `UNet` is jaxdiff's residual U-Net (`unet`),
 the network of the Fashion-MNIST and CIFAR-10 configs. Each mirrors its jaxdiff
 net layer for layer, so that `benchmarks/run.py` times the same work on both
 sides (it checks that the parameter counts agree).
 
-`SeedScoreNet`:
+`SmallUNet`:
 - Gaussian-Fourier time features (fixed W ~ N(0, 30^2), 256 dims) -> dense -> swish;
 - encoder: 3x3 VALID convs without bias, 1->32 (stride 1), 32->64, 64->128,
   128->256 (stride 2); after each, a dense projection of the time embedding is
@@ -125,21 +125,21 @@ class _ScoreNet(nn.Module):
 
     def __init__(
         self,
-        embed_dim: int,
-        fourier_scale: float,
-        num_classes: int,
-        context_tokens: int,
-        context_dim: int,
-        preconditioning: str,
-        sigma_data: float,
+        embed_dim: int = 256,
+        fourier_scale: float = 30.0,
+        num_classes: int = 0,
+        context_tokens: int = 4,
+        context_dim: int = 256,
+        preconditioning: str = "none",
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         self.preconditioning, self.sigma_data = preconditioning, sigma_data
+        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.context_tokens, self.context_dim = context_tokens, context_dim
         self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
         self.embed = nn.Linear(embed_dim, embed_dim)
-        self.num_classes = num_classes
         if num_classes:
-            self.context_tokens, self.context_dim = context_tokens, context_dim
             self.class_embedding = nn.Embedding(num_classes + 1, context_tokens * context_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels=None) -> torch.Tensor:
@@ -155,32 +155,22 @@ class _ScoreNet(nn.Module):
         return temb, self.class_embedding(labels).reshape(-1, self.context_tokens, self.context_dim)
 
 
-class SeedScoreNet(_ScoreNet):
-    """The seed U-Net (NCHW), unconditional or (num_classes > 0) conditional."""
+class SmallUNet(_ScoreNet):
+    """The original tutorial's small U-Net (NCHW), unconditional or (num_classes > 0) conditional.
+
+    `score_net`: `_ScoreNet`'s arguments (embedding, classes, preconditioning).
+    """
 
     def __init__(
         self,
         channels=(32, 64, 128, 256),
-        embed_dim: int = 256,
-        num_classes: int = 0,
         attention_sides=(5, 2),
         heads: int = 1,
-        context_tokens: int = 4,
-        context_dim: int = 256,
         ff_mult: int = 4,
-        fourier_scale: float = 30.0,
-        preconditioning: str = "none",
-        sigma_data: float = 0.5,
+        **score_net,
     ):
-        super().__init__(
-            embed_dim,
-            fourier_scale,
-            num_classes,
-            context_tokens,
-            context_dim,
-            preconditioning,
-            sigma_data,
-        )
+        super().__init__(**score_net)
+        embed_dim, num_classes, context_dim = self.embed_dim, self.num_classes, self.context_dim
         c1, c2, c3, c4 = channels
         self.convs = nn.ModuleList(
             [
@@ -295,7 +285,10 @@ class SelfAttentionBlock(nn.Module):
 
 
 class UNet(_ScoreNet):
-    """jaxdiff's residual U-Net (NCHW), unconditional or (num_classes > 0) conditional."""
+    """jaxdiff's residual U-Net (NCHW), unconditional or (num_classes > 0) conditional.
+
+    `score_net`: `_ScoreNet`'s arguments; the preconditioning is "edm" unless given.
+    """
 
     def __init__(
         self,
@@ -306,24 +299,11 @@ class UNet(_ScoreNet):
         attention_sides=(7,),
         heads: int = 1,
         dropout: float = 0.1,
-        embed_dim: int = 256,
-        fourier_scale: float = 30.0,
-        num_classes: int = 0,
-        context_tokens: int = 4,
-        context_dim: int = 256,
         ff_mult: int = 4,
-        preconditioning: str = "edm",
-        sigma_data: float = 0.5,
+        **score_net,
     ):
-        super().__init__(
-            embed_dim,
-            fourier_scale,
-            num_classes,
-            context_tokens,
-            context_dim,
-            preconditioning,
-            sigma_data,
-        )
+        super().__init__(**{"preconditioning": "edm", **score_net})
+        embed_dim, num_classes, context_dim = self.embed_dim, self.num_classes, self.context_dim
 
         def attention(width):
             if num_classes:
@@ -471,10 +451,10 @@ def _load_common(model: nn.Module, params) -> None:
         _set(model.class_embedding.weight, params["context"]["Embed_0"]["embedding"])
 
 
-def load_jaxdiff_params(model: "SeedScoreNet | UNet", params) -> None:
+def load_jaxdiff_params(model: "SmallUNet | UNet", params) -> None:
     """Copies jaxdiff's parameters of the twin network into `model`, in place."""
     _load_common(model, params)
-    if isinstance(model, SeedScoreNet):
+    if isinstance(model, SmallUNet):
         for i, conv in enumerate(model.convs):
             _load_conv(conv, params[f"Conv_{i}"])
         for i, (dense, norm) in enumerate(zip(model.denses, model.norms, strict=True)):
@@ -569,7 +549,7 @@ class Trainer:
 def euler_maruyama(
     model, num, steps, device, labels=None, dtype=torch.float32, eps=1e-3, shape=(1, 28, 28)
 ):
-    """The seed's reverse-SDE sampler: `steps` network evaluations on `num` CHW images."""
+    """The original's reverse-SDE sampler: `steps` network evaluations on `num` CHW images."""
     times = torch.linspace(1.0, eps, steps, device=device)
     dt = times[0] - times[1]
     x = torch.randn(num, *shape, device=device) * marginal_std(times[:1])

@@ -10,7 +10,8 @@ import importlib
 
 import ml_collections
 
-# Every config file, by name; those with a variant take ":<variant>" after the name.
+# Every config file but the aliases below, by name; those with a variant take
+# ":<variant>" after the name.
 NAMES = (
     "mnist",
     "mnist_cond",
@@ -24,7 +25,7 @@ NAMES = (
     "classifier_mnist",
     "classifier_fashion_mnist",
     "classifier_cifar10",
-    "mnist_seed",
+    "mnist_original",
     "folder64",
 )
 VARIANTS = {
@@ -32,15 +33,18 @@ VARIANTS = {
     "mnist_latent": ("cond",),
     "fashion_mnist_latent": ("cond",),
     "cifar10_latent": ("cond",),
-    "mnist_seed": ("cond",),
+    "mnist_original": ("cond",),
     "folder64": ("cond", "classifier"),
 }
+# Former names of config files, each kept as a file that imports the new one.
+ALIASES = {"mnist_seed": "mnist_original"}
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
     """The config of `configs/<name>.py`, optionally with a variant: "mnist_latent:cond".
 
-    "configs/mnist.py" (the command line's spelling) works too.
+    "configs/mnist.py" (the command line's spelling) and the former names of
+    `ALIASES` work too.
 
     Raises:
       jaxdiff.core.errors.UserError: an unknown name or variant, listing the valid ones.
@@ -49,6 +53,7 @@ def get_config(name: str) -> ml_collections.ConfigDict:
 
     module_name, _, variant = name.partition(":")
     module_name = module_name.removeprefix("configs/").removesuffix(".py")
+    module_name = ALIASES.get(module_name, module_name)
     valid = ", ".join([*NAMES, *(f"{n}:{v}" for n, vs in VARIANTS.items() for v in vs)])
     if module_name not in NAMES or (variant and variant not in VARIANTS.get(module_name, ())):
         raise UserError(f"unknown config {name!r}; choose one of {valid}")

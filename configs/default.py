@@ -46,20 +46,21 @@ def get_config() -> ml_collections.ConfigDict:
     # Prepare a dataset missing from the data directory: download it (or take the
     # original files from <data_dir>/downloads/manual/) and write it in TFDS's format.
     data.download = True
-    # Pixel range the model sees: [-1, 1] if True, else [0, 1] (the seed's).
+    # Pixel range the model sees: [-1, 1] if True, else [0, 1] (the original project's).
     data.centered = False
     # Random horizontal flips, drawn inside the jitted step.
     data.random_flip = False
 
     config.model = model = ml_collections.ConfigDict()
-    # Score network: seed_unet (the original layout, transposed convs),
-    # seed_unet_resize (same, resize+conv upsampling) or unet (residual + attention).
-    # seed_unet trains faster than seed_unet_resize (docs/performance.md): its
+    # Score network: small_unet (the original project's small net, transposed convs),
+    # small_unet_resize (same, resize+conv upsampling) or unet (residual + attention).
+    # small_unet trains faster than small_unet_resize (docs/performance.md): its
     # stride-2 transposed convs do a quarter of the work of a 3x3 conv after upsampling.
-    model.name = "seed_unet"
-    # Channels per resolution level (seed nets take exactly 4 levels).
+    # Former names, still accepted: seed_unet, seed_unet_resize.
+    model.name = "small_unet"
+    # Channels per resolution level (small nets take exactly 4 levels).
     model.channels = (32, 64, 128, 256)
-    # How the network becomes a score: "none" (the seed's: output / std(t)) or
+    # How the network becomes a score: "none" (the original's: output / std(t)) or
     # "edm" (input/output scaling and a skip path that keep every noise level O(1)).
     model.preconditioning = "edm"
     # edm only: the data's standard deviation assumed by the scalings.
@@ -71,9 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     # unet only: residual blocks per level on the way down.
     model.num_res_blocks = 2
     # Feature-map sides (e.g. 7, 8) that get attention: self-attention blocks in
-    # unet, spatial transformers in conditional nets (seed nets: sides 26, 12, 5, 2 on 28x28).
+    # unet, spatial transformers in conditional nets (small nets: sides 26, 12, 5, 2 on 28x28).
     model.attention_resolutions = (7,)
-    # Attention heads (unet; conditional seed nets).
+    # Attention heads (unet; conditional small nets).
     model.num_heads = 1
     # unet only: dropout rate inside residual blocks.
     model.dropout = 0.1
@@ -117,7 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
     autoencoder.eval_split = "test"
 
     config.sde = sde = ml_collections.ConfigDict()
-    # Noise process: ve (the seed's dx = sigma^t dw), vp or subvp.
+    # Noise process: ve (the original project's dx = sigma^t dw), vp or subvp.
     sde.name = "ve"
     # ve: sigma of dx = sigma^t dw.
     sde.sigma = 25.0
@@ -138,13 +139,13 @@ def get_config() -> ml_collections.ConfigDict:
     training.cond_drop_prob = 0.1
     # Smallest diffusion time in the loss.
     training.eps = 1e-5
-    # The loss's diffusion times (jaxdiff/losses.py): "uniform" t ~ U(eps, 1) (the seed's),
+    # The loss's diffusion times (jaxdiff/losses.py): "uniform" t ~ U(eps, 1) (the original's),
     # or "log_normal": ln sigma ~ N(p_mean, p_std^2), sigma = std / alpha (EDM's).
     training.noise_distribution = "uniform"
     # log_normal only: EDM's P_mean and P_std.
     training.p_mean = -1.2
     training.p_std = 1.2
-    # Each example's weight: "std2" (the seed's lambda(t) = std(t)^2), "edm"
+    # Each example's weight: "std2" (the original's lambda(t) = std(t)^2), "edm"
     # ((sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the denoiser; sigma_data is
     # model.sigma_data) or "min_snr" (min(SNR, gamma) / SNR on the noise prediction).
     training.loss_weighting = "std2"
@@ -156,7 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.sample_at_checkpoints = True
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    # The sampler, by name (docs/samplers_and_sdes.md): euler_maruyama (the seed's),
+    # The sampler, by name (docs/samplers_and_sdes.md): euler_maruyama (the original's),
     # pc (predictor-corrector), ode (probability-flow Heun on a uniform t grid), or the
     # noise-level samplers edm (Heun, Karras et al. 2022), dpm_solver++ (2M), ddim.
     # edm with churn (below) was chosen by measurement (docs/results.md).

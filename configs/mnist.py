@@ -1,4 +1,4 @@
-"""MNIST, unconditional: the seed's score U-Net and VE SDE (sigma = 25), sized for a CPU.
+"""MNIST, unconditional: the original project's U-Net and VE SDE (sigma = 25), sized for a CPU.
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
 

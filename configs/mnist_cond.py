@@ -1,4 +1,4 @@
-"""MNIST, conditional: the seed's net plus cross-attention to the digit, classifier-free guidance.
+"""MNIST, conditional: the small U-Net plus cross-attention to the digit, classifier-free guidance.
 
     python main.py --config=configs/mnist_cond.py --workdir=runs/mnist_cond
     python main.py --config=configs/mnist_cond.py --workdir=runs/mnist_cond --mode=sample \

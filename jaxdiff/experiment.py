@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import parallel
 from jaxdiff.core.compiler import jit
 from jaxdiff.core.errors import UserError
@@ -22,7 +23,6 @@ from jaxdiff.diffusion.preconditioning import PRECONDITIONINGS
 from jaxdiff.diffusion.sde import SDE, create_sde
 from jaxdiff.models import create_autoencoder, create_model
 from jaxdiff.models.autoencoder import latent_shape
-from jaxdiff.sampling import samplers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     datasets.record(config.data, dataset)
     image_shape = dataset.image_shape
     sde = create_sde(config.sde)
-    samplers.create_sampler(config.sampling)
+    sampling.create_sampler(config.sampling)
     mesh = parallel.create_mesh()
     t = config.training
     check_optimization(t, "training", mesh.size)

@@ -1,7 +1,14 @@
-"""Sampling from a trained model: grids during training and `--mode=sample`."""
+"""Sampling from a trained model: compiled sampling programs, grids, and sample files.
 
+The programs serve the grids during training, `Pipeline.sample`, `--mode=sample`
+and `--mode=eval`; `SampleFile` keeps what the last two draw, batch by batch,
+so that an interrupted run resumes where it stopped with the same samples.
+"""
+
+import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import parallel, random
 from jaxdiff.core.common import ScoreFn
 from jaxdiff.core.compiler import jit
@@ -25,7 +33,6 @@ from jaxdiff.data import batches
 from jaxdiff.diffusion import conditioning
 from jaxdiff.diffusion.preconditioning import make_score_fn
 from jaxdiff.experiment import Experiment, decode
-from jaxdiff.sampling import samplers
 
 logger = logging.getLogger("jaxdiff")
 
@@ -47,8 +54,8 @@ def sample_labels(experiment: Experiment) -> np.ndarray | None:
 
 def trajectory_times(sampling_config, sde, frames: int) -> np.ndarray:
     """The diffusion time of each of `frames` evenly spaced snapshots (1 first, ~0 last)."""
-    states = samplers.snapshot_states(samplers.num_steps(sampling_config), frames)
-    return samplers.state_times(sampling_config, sde)[states]
+    states = sampling.snapshot_states(sampling.num_steps(sampling_config), frames)
+    return sampling.state_times(sampling_config, sde)[states]
 
 
 def sampling_score_fn(
@@ -105,7 +112,7 @@ def make_sample_fn(
     times `trajectory_times` gives; latent snapshots are decoded.
     """
     config = experiment.config
-    sampler = samplers.create_sampler(config.sampling, snapshots=trajectory_frames)
+    sampler = sampling.create_sampler(config.sampling, snapshots=trajectory_frames)
     labels = sample_labels(experiment)
     num = config.sampling.num_samples if labels is None else len(labels)
     guidance_scale = config.sampling.guidance_scale if experiment.prompt_labels else 0.0
@@ -227,3 +234,70 @@ def save_images(images: np.ndarray, directory: str) -> list[str]:
     for path, image in zip(paths, images, strict=True):
         save_png(path, image)
     return paths
+
+
+# Sampling fields that do not change what a sample is: how many are drawn, in
+# which batches, and which extra files are written. Every other sampling field
+# defines the samples, with the checkpoint and the seed.
+OUTPUT_FIELDS = (
+    "num_samples",
+    "samples_per_class",
+    "batch_size",
+    "save_individual",
+    "save_trajectory",
+    "trajectory_frames",
+)
+
+
+def defining_settings(sampling_config, with_prompt: bool = True) -> dict[str, Any]:
+    """The sampling fields that define the samples (steps resolved), as plain values.
+
+    `with_prompt=False` leaves out the prompt too, for callers that choose the
+    classes themselves (the evaluation, a compiled program that takes labels).
+    """
+    settings = json.loads(sampling.with_steps(sampling_config).to_json())
+    for field in OUTPUT_FIELDS if with_prompt else (*OUTPUT_FIELDS, "prompt"):
+        settings.pop(field, None)
+    return settings
+
+
+class SampleFile:
+    """An .npz of samples drawn in batches, rewritten whole after each batch.
+
+    It holds `images` (uint8 NHWC), `labels`, `batches` (how many batches they
+    are), `settings` (JSON of what decides the samples) and any extra fields.
+    A rerun with the same settings reads the batches back and draws only the
+    rest; other settings, or a damaged or foreign file, start afresh. Each
+    write replaces the file atomically, so an interruption leaves it whole.
+    """
+
+    def __init__(self, path: str, settings: dict[str, Any], **fields: Any):
+        self.path = path
+        self.settings = json.dumps(settings, sort_keys=True)
+        self.fields = fields
+
+    def read(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(images, labels, batches) saved with these settings, else None."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            with np.load(self.path) as saved:
+                if "settings" not in saved.files or str(saved["settings"]) != self.settings:
+                    return None
+                return saved["images"], saved["labels"], int(saved["batches"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # Not ours, or damaged.
+            return None
+
+    def write(self, images: np.ndarray, labels: np.ndarray, batches: int) -> None:
+        """Saves the samples of the first `batches` batches."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path + ".tmp", "wb") as f:
+            np.savez(
+                f,
+                images=images,
+                labels=labels,
+                batches=batches,
+                settings=self.settings,
+                **self.fields,
+            )
+        os.replace(self.path + ".tmp", self.path)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import parallel, random
 from jaxdiff.core.compiler import jit
 from jaxdiff.core.errors import UserError
@@ -30,7 +31,6 @@ from jaxdiff.generation import (
     sample_labels,
     trajectory_times,
 )
-from jaxdiff.sampling import samplers
 from jaxdiff.training import autoencoder
 from jaxdiff.training.checkpoint import Checkpointer
 from jaxdiff.training.state import abstract_train_state, create_optimizer
@@ -137,7 +137,7 @@ class Pipeline:
           num: how many images; with a prompt, how many per prompted class.
           prompt: classes of a conditional model, "3,seven", ["cat", "dog"], [3, 5]
             or "all"; "" samples unconditionally.
-          sampler: a registered sampler's name (`jaxdiff.sampling.samplers.SAMPLERS`).
+          sampler: a registered sampler's name (`jaxdiff.sampling.SAMPLERS`).
           steps: the sampler's steps (`sampling.num_steps`).
           guidance_scale: classifier-free guidance w (with a prompt).
           seed: the noise; the same seed and settings give the same images.
@@ -210,7 +210,7 @@ class Pipeline:
         experiment = self.sampling_experiment(num, prompt, sampler, steps, guidance_scale)
         s = experiment.config.sampling
         if frames is not None:
-            samplers.snapshot_states(samplers.num_steps(s), frames)  # Validates the count.
+            sampling.snapshot_states(sampling.num_steps(s), frames)  # Validates the count.
         cache_key = (s.to_json(), frames or 0)
         new = cache_key not in self._programs
         program = self.compiled(
@@ -223,7 +223,7 @@ class Pipeline:
             s.num_samples if labels is None else len(labels),
             self.step,
             s.sampler,
-            samplers.num_function_evals(s),
+            sampling.num_function_evals(s),
             f", guidance scale {s.guidance_scale:g}" if experiment.prompt_labels else "",
             f", keeping {frames} snapshots" if frames else "",
         )

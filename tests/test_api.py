@@ -238,7 +238,7 @@ def test_get_config_by_name():
         get_config("mnist_large")
     with pytest.raises(jaxdiff.UserError, match=r"unknown config 'mnist:cond'.*mnist_latent:cond"):
         get_config("mnist:cond")
-    assert get_config("mnist_seed:cond").model.num_heads == 1
+    assert get_config("mnist_original:cond").model.num_heads == 1
     # Fashion-MNIST's CPU variant: mnist_cond's net and recipe on Fashion-MNIST with flips.
     cpu, mnist_net = get_config("fashion_mnist_cond:cpu"), get_config("mnist_cond")
     assert cpu.data.dataset == "fashion_mnist" and cpu.data.random_flip
@@ -251,7 +251,7 @@ def test_every_config_file_is_reachable_by_name_from_the_installed_package():
     import jaxdiff.configs as configs
 
     files = {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__", "default"}
-    assert set(configs.NAMES) == files
+    assert set(configs.NAMES) | set(configs.ALIASES) == files
     for name in configs.NAMES:
         assert get_config(name).data.dataset in ("mnist", "fashion_mnist", "cifar10", "folder")
     # Installed as jaxdiff.configs, not as a top-level package of its own.

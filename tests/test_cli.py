@@ -53,7 +53,7 @@ def workdir(tmp_path):
 
 CASES = {
     "unknown dataset": (["--config.data.dataset=svhn"], {}, ["'svhn'", "cifar10", "mnist"]),
-    "unknown model": (["--config.model.name=resnet"], {}, ["'resnet'", "seed_unet", "unet"]),
+    "unknown model": (["--config.model.name=resnet"], {}, ["'resnet'", "small_unet", "unet"]),
     "unknown sde": (["--config.sde.name=vx"], {}, ["'vx'", "subvp", "ve", "vp"]),
     "unknown sampler": (["--config.sampling.sampler=ddpm"], {}, ["'ddpm'", "dpm_solver++", "edm"]),
     "shape does not fit": (

@@ -8,10 +8,10 @@ import pytest
 
 from jaxdiff.core import parallel
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches, datasets
+from jaxdiff.data import batches, datasets, tfds_reader
 from jaxdiff.diffusion.conditioning import guided_score_fn, parse_prompt
 from jaxdiff.diffusion.sde import VESDE
-from jaxdiff.sampling.samplers import create_sampler
+from jaxdiff.sampling import create_sampler
 from jaxdiff.training.score import draw_training_batch
 
 from .test_samplers import SAMPLERS, sampling_config
@@ -61,7 +61,7 @@ def test_unknown_word_is_one_line_listing_the_valid_ones():
 def test_class_names_are_the_tfds_label_names(dataset):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(dataset, data_dir=batches.resolve_data_dir(""))
+    builder = tfds.builder(dataset, data_dir=tfds_reader.resolve_data_dir(""))
     assert tuple(builder.info.features["label"].names) == datasets.CLASS_NAMES[dataset]
     assert datasets.dataset_info(dataset).class_names == datasets.CLASS_NAMES[dataset]
 

@@ -7,7 +7,7 @@ import pytest
 
 from jaxdiff.core import parallel
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches, datasets
+from jaxdiff.data import batches, datasets, tfds_reader
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,7 @@ from jaxdiff.data import batches, datasets
     [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))],
 )
 def test_load_split_reads_real_images(name, shape):
-    images, labels = batches.load_split(name, "test[:200]")
+    images, labels = tfds_reader.load_split(name, "test[:200]")
     assert images.shape == (200, *shape) and images.dtype == np.uint8
     assert labels.shape == (200,) and set(np.unique(labels)) <= set(range(10))
     assert len(set(np.unique(labels))) > 5  # a real mix of classes
@@ -32,7 +32,7 @@ def test_unknown_dataset_lists_the_choices():
 
 def test_bad_split_is_one_line():
     with pytest.raises(UserError, match=r"cannot read 'mnist' split 'validation'") as error:
-        batches.load_split("mnist", "validation")
+        tfds_reader.load_split("mnist", "validation")
     assert "\n" not in str(error.value)
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches, datasets, image_folder
+from jaxdiff.data import datasets, image_folder, tfds_reader
 from jaxdiff.data.datasets import data_config, dataset_info, read_split
 
 
@@ -219,7 +219,7 @@ def test_split_folders_and_slices(tmp_path):
 
 
 def test_a_builtin_dataset_at_another_size_is_its_images_fitted(tmp_path):
-    native, labels = batches.load_split("mnist", "test")
+    native, labels = tfds_reader.load_split("mnist", "test")
     config = data_config("mnist", image_size=14, cache_dir=str(tmp_path))
     info = dataset_info(config)
     assert info.image_shape == (14, 14, 1) and info.class_names == dataset_info("mnist").class_names

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,6 +52,7 @@ CHAINS = [
         "benchmarks.md",
         "benchmarks_configs.md",
         "results.md",
+        "design.md",
     ],
 ]
 PAGES = [
@@ -72,6 +74,7 @@ PAGES = [
     "checkpoints.md",
     "troubleshooting.md",
     "results.md",
+    "design.md",
 ]
 
 
@@ -111,7 +114,6 @@ def shrink_overrides(config_name: str) -> dict[str, object]:
 
 # What other commands get appended.
 OTHER_SHRINKS = {
-    "benchmarks/probes/train_throughput.py": ["--batch_size=8", "--repeats=1"],
     "examples/quickstart.py": ["--smoke"],
 }
 
@@ -201,6 +203,13 @@ def scratch(tmp_path_factory):
     return path
 
 
+def record_time(page: str, what: str, seconds: float) -> None:
+    """With JAXDIFF_DOCS_TIMES=<file>, appends a line per command: where the test's time goes."""
+    if path := os.environ.get("JAXDIFF_DOCS_TIMES"):
+        with open(path, "a") as f:
+            f.write(f"{seconds:7.1f}  {page}  {what[:120]}\n")
+
+
 def run_page(page: str, scratch) -> None:
     env = dict(
         os.environ,
@@ -221,6 +230,7 @@ def run_page(page: str, scratch) -> None:
                 assert command in ci, f"{page}: `{command}` is not in .ci/run"
         elif language == "bash":
             for command, error in commands(body):
+                start = time.perf_counter()
                 result = subprocess.run(
                     ["bash", "-c", shrink(command)],
                     cwd=scratch,
@@ -229,6 +239,7 @@ def run_page(page: str, scratch) -> None:
                     text=True,
                     timeout=300,
                 )
+                record_time(page, command, time.perf_counter() - start)
                 if error is None:
                     assert result.returncode == 0, f"{page}: {command}\n{result.stderr[-3000:]}"
                 else:
@@ -244,6 +255,7 @@ def run_page(page: str, scratch) -> None:
             else:
                 python.append(body)
     if python:
+        start = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-c", PYTHON_PRELUDE + "\n".join(python)],
             cwd=scratch,
@@ -252,6 +264,7 @@ def run_page(page: str, scratch) -> None:
             text=True,
             timeout=300,
         )
+        record_time(page, "python blocks", time.perf_counter() - start)
         assert result.returncode == 0, f"{page}: python blocks\n{result.stderr[-3000:]}"
 
 

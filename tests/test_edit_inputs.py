@@ -9,7 +9,7 @@ from PIL import Image
 
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.visualize import save_png
-from jaxdiff.data import batches
+from jaxdiff.data import tfds_reader
 from jaxdiff.data.datasets import data_config
 from jaxdiff.editing.inputs import (
     MASK_NAMES,
@@ -241,7 +241,7 @@ def test_latent_mask_fills_every_cell_that_touches_a_hole():
 def test_split_source_equals_load_split():
     data_dir = os.environ["TFDS_DATA_DIR"]
     images, labels = load_sources("test[:5]", data_config("mnist", data_dir=data_dir), (28, 28, 1))
-    expected_images, expected_labels = batches.load_split("mnist", "test[:5]", data_dir)
+    expected_images, expected_labels = tfds_reader.load_split("mnist", "test[:5]", data_dir)
     assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(images, expected_images)

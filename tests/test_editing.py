@@ -13,7 +13,7 @@ import pytest
 from jaxdiff.core.errors import UserError
 from jaxdiff.diffusion.sde import VESDE, VPSDE
 from jaxdiff.editing.controlled import slerp
-from jaxdiff.sampling.samplers import (
+from jaxdiff.sampling import (
     SAMPLERS,
     Control,
     check_control,
@@ -40,19 +40,6 @@ def test_repaint_schedule_moves_are_continuous_and_count_the_resampled_steps():
     assert sorted(map(tuple, up)) == [(4, 0), (4, 0), (6, 4), (6, 4)]
     plain = repaint_schedule(num_steps=5, resampled=5, resample_steps=1, jump_length=3)
     np.testing.assert_array_equal(plain, [[i, i + 1] for i in range(5)])
-
-
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_start_time_one_is_plain_sampling(name):
-    """A control starting at t = 1 ignores its source: the same images as the plain sampler."""
-    sde = VESDE()
-    sampler = create_sampler(sampling_config(sampler=name, num_steps=6))
-    shape = (4, 3, 3, 1)
-    key = jax.random.key(3)
-    plain = sampler(key, analytic_score(sde), sde, shape)
-    source = jnp.full(shape, 0.9)
-    started = sampler(key, analytic_score(sde), sde, shape, control=Control(source, start_time=1.0))
-    np.testing.assert_array_equal(np.asarray(started), np.asarray(plain))
 
 
 # Four correlated pixels (a 2x2 image) with the first row kept: the fill's law is the

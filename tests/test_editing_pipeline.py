@@ -11,7 +11,7 @@ import jaxdiff
 from jaxdiff.commands import edit
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.visualize import save_png
-from jaxdiff.data import batches
+from jaxdiff.data import tfds_reader
 from jaxdiff.editing import controlled, inputs
 
 from .conftest import cli_flags, tiny_overrides
@@ -39,7 +39,7 @@ def latent_pipe(tiny_latent_run):
 @pytest.fixture(scope="module")
 def digits():
     """Two sets of 4 test digits, A = test[:4] (what the command line's source reads) and B."""
-    images, _ = batches.load_split("mnist", "test[:8]")
+    images, _ = tfds_reader.load_split("mnist", "test[:8]")
     return images[:4], images[4:]
 
 

@@ -129,9 +129,9 @@ def test_eval_writes_every_metric_and_they_agree_with_the_metric_functions(
 
 
 def _split(split):
-    from jaxdiff.data import batches
+    from jaxdiff.data import tfds_reader
 
-    return batches.load_split("mnist", split)[0]
+    return tfds_reader.load_split("mnist", split)[0]
 
 
 def test_conditional_eval_measures_how_often_samples_are_of_the_requested_class(

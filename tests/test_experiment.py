@@ -1,4 +1,4 @@
-"""Config validation and automatic values."""
+"""Config validation and automatic values; configs of runs written by earlier versions."""
 
 import jax
 import pytest
@@ -7,6 +7,14 @@ from jaxdiff.configs import mnist
 from jaxdiff import experiment as experiment_module
 from jaxdiff.core.errors import UserError
 from jaxdiff.experiment import create_experiment
+from jaxdiff.models.unet import SmallUNet
+from jaxdiff.training.workdir import (
+    check_config,
+    check_model_config,
+    config_changes,
+    read_config,
+    write_config,
+)
 
 
 def experiment_with(**training):
@@ -53,3 +61,29 @@ def test_explicit_steps_per_call_is_kept_and_the_callers_config_untouched(monkey
 def test_impossible_training_settings(training, message):
     with pytest.raises(UserError, match=message):
         experiment_with(**training)
+
+
+def test_a_run_stored_under_a_former_network_name_loads_and_resumes_with_the_new_config(
+    tmp_path,
+):
+    """Runs written before the small U-Nets' rename store model.name 'seed_unet'."""
+    workdir = str(tmp_path)
+    old = mnist.get_config()
+    old.model.name = "seed_unet"
+    write_config(old, workdir)
+    stored = read_config(workdir)
+    assert stored.model.name == "seed_unet"  # The run's config as it was written...
+    assert isinstance(create_experiment(stored).model, SmallUNet)  # ...builds the same net.
+    # The config file now says small_unet: the same model, so resuming needs no flag.
+    config = mnist.get_config()
+    assert config.model.name == "small_unet"
+    assert config_changes(config, workdir) == []
+    check_config(config, workdir, allow_change=False)
+    check_model_config(config, workdir)
+    config.model.name = "small_unet_resize"  # Another net: refused, under the new names.
+    with pytest.raises(
+        UserError,
+        match=r"\(model.name 'small_unet' there, 'small_unet_resize' here\); "
+        r"add --config.model.name=small_unet$",
+    ):
+        check_model_config(config, workdir)

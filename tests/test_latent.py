@@ -11,7 +11,7 @@ from jaxdiff.configs import cifar10_latent, fashion_mnist_latent, mnist_latent
 from PIL import Image
 
 from jaxdiff.core import parallel
-from jaxdiff.data import batches
+from jaxdiff.data import batches, tfds_reader
 from jaxdiff.experiment import create_experiment, encode_images
 from jaxdiff.models.autoencoder import kl_divergence
 from jaxdiff.training import autoencoder
@@ -70,7 +70,7 @@ def test_scale_factor_gives_unit_variance():
     params = create_autoencoder_state(
         jax.random.key(0), experiment.autoencoder, experiment.image_shape, tx
     ).params
-    images, labels = batches.load_split("mnist", "train[:1024]")
+    images, labels = tfds_reader.load_split("mnist", "train[:1024]")
     latents = encode_images(experiment, params, images)
     assert latents.shape == (1024, 7, 7, 4)
     scale = autoencoder.latent_scale(latents)

@@ -222,8 +222,8 @@ def primitive_names(jaxpr, names=None) -> set[str]:
 
 
 REMAT_CASES = {
-    # The seed net's levels, with spatial transformers at sides 5 and 2.
-    "seed_unet_cond": (True, {}),
+    # The small U-Net's levels, with spatial transformers at sides 5 and 2.
+    "small_unet_cond": (True, {}),
     # Residual blocks with dropout (train is a static argument) and self-attention at side 14.
     "unet": (
         False,

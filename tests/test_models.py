@@ -15,9 +15,10 @@ from jaxdiff.configs import (
     cifar10_cond,
     fashion_mnist,
     fashion_mnist_cond,
+    get_config,
     mnist,
     mnist_cond,
-    mnist_seed,
+    mnist_original,
 )
 
 from jaxdiff.core.errors import UserError
@@ -58,8 +59,8 @@ def norm(c):
     return 2 * c
 
 
-def expected_seed_params(channels, embed, image_channels):
-    """The seed net: bias-free convs, a dense per level, GroupNorm; decoder mirrors it."""
+def expected_small_unet_params(channels, embed, image_channels):
+    """The small U-Net: bias-free convs, a dense per level, GroupNorm; decoder mirrors it."""
     total = dense(embed, embed)  # time embedding
     c_in = image_channels
     for c in channels:  # encoder
@@ -133,8 +134,8 @@ def test_each_config_builds_its_net_with_the_expected_parameter_count(config_mod
     params, out_shape = init_shapes(model, image_shape)
     assert out_shape == (2, *image_shape)
     m = config.model
-    if m.name.startswith("seed_unet"):
-        expected = expected_seed_params(m.channels, m.embed_dim, image_shape[-1])
+    if m.name.startswith("small_unet"):
+        expected = expected_small_unet_params(m.channels, m.embed_dim, image_shape[-1])
     else:
         expected = expected_unet_params(
             m.channels,
@@ -147,18 +148,18 @@ def test_each_config_builds_its_net_with_the_expected_parameter_count(config_mod
     assert count(params) == expected
 
 
-def test_seed_net_has_the_published_size_in_both_upsampling_variants():
+def test_small_net_has_the_published_size_in_both_upsampling_variants():
     config = mnist.get_config()
-    for name in ("seed_unet", "seed_unet_resize"):
+    for name in ("small_unet", "small_unet_resize"):
         config.model.name = name
         params, out_shape = init_shapes(create_model(config.model, (28, 28, 1)), (28, 28, 1))
         assert count(params) == 1_022_849  # about 1.02M, as the original
         assert out_shape == (2, 28, 28, 1)
 
 
-def test_seed_net_transposed_convs_reach_every_skip_size_on_cifar():
+def test_small_net_transposed_convs_reach_every_skip_size_on_cifar():
     config = mnist.get_config()
-    config.model.name = "seed_unet"
+    config.model.name = "small_unet"
     _, out_shape = init_shapes(create_model(config.model, (32, 32, 3)), (32, 32, 3))
     assert out_shape == (2, 32, 32, 3)
 
@@ -231,14 +232,14 @@ def test_unet_dropout_only_in_training():
 @pytest.mark.parametrize(
     "overrides, image_shape, message",
     [
-        (dict(name="resnet"), (28, 28, 1), r"unknown model.name 'resnet'.*seed_unet"),
+        (dict(name="resnet"), (28, 28, 1), r"unknown model.name 'resnet'.*small_unet"),
         (
             dict(name="unet", channels=(8,) * 7),
             (28, 28, 1),
             r"28x28 is too small for model 'unet' with 7 levels",
         ),
-        (dict(name="seed_unet", channels=(8, 8, 8)), (28, 28, 1), r"has 4 levels"),
-        (dict(name="seed_unet"), (12, 12, 1), r"too small"),
+        (dict(name="small_unet", channels=(8, 8, 8)), (28, 28, 1), r"has 4 levels"),
+        (dict(name="seed_unet"), (12, 12, 1), r"too small for 'seed_unet'"),  # A former name.
     ],
 )
 def test_bad_model_settings_are_rejected(overrides, image_shape, message):
@@ -277,7 +278,7 @@ def test_edm_preconditioning_with_a_zero_network_is_the_gaussian_score(sde):
     np.testing.assert_allclose(score_fn(x, t), -x / (alpha**2 * 0.25 + std**2), rtol=1e-4)
 
 
-def test_seed_parametrisation_divides_by_std():
+def test_unpreconditioned_score_divides_by_std():
     sde = VESDE()
     config = ml_collections.ConfigDict(dict(preconditioning="none", sigma_data=0.5))
     score_fn = make_score_fn(ConstantNet(2.0), {}, sde, config)
@@ -301,7 +302,7 @@ def test_conditional_nets_add_transformers_and_class_tokens_to_the_unconditional
     assert out_shape == (2, *image_shape)
     transformer = lambda c: transformer_params(c, m.context_dim, m.ff_mult)  # noqa: E731
     tokens = (num_classes + 1) * m.context_tokens * m.context_dim  # the null class included
-    if m.name.startswith("seed_unet"):
+    if m.name.startswith("small_unet"):
         sides = [26, 12, 5, 2]  # 28x28 images
         encoder = [
             c for c, side in zip(m.channels, sides, strict=True) if side in m.attention_resolutions
@@ -311,7 +312,7 @@ def test_conditional_nets_add_transformers_and_class_tokens_to_the_unconditional
             for c, side in zip(m.channels[:-1], sides[:-1], strict=True)
             if side in m.attention_resolutions
         ]
-        expected = expected_seed_params(m.channels, m.embed_dim, image_shape[-1])
+        expected = expected_small_unet_params(m.channels, m.embed_dim, image_shape[-1])
         expected += sum(transformer(c) for c in encoder + decoder)
     else:
         expected = expected_unet_params(
@@ -409,7 +410,8 @@ def test_spatial_transformer_matches_a_numpy_reference():
 @pytest.mark.parametrize("config_module", [mnist_cond, fashion_mnist_cond])
 def test_conditional_net_output_depends_on_the_label(config_module):
     config = config_module.get_config()
-    config.model.channels = (8, 16, 16, 16) if config.model.name.startswith("seed") else (8, 16, 16)
+    small = config.model.name.startswith("small")
+    config.model.channels = (8, 16, 16, 16) if small else (8, 16, 16)
     config.model.embed_dim = config.model.context_dim = 16
     config.model.num_heads = 2
     model = create_model(config.model, (28, 28, 1), num_classes=10)
@@ -428,7 +430,7 @@ def test_conditional_net_output_depends_on_the_label(config_module):
         model.apply({"params": params}, x, t)
 
 
-def test_conditional_seed_net_needs_an_attention_side_it_has():
+def test_conditional_small_net_needs_an_attention_side_it_has():
     config = mnist_cond.get_config().model
     config.attention_resolutions = (7,)
     with pytest.raises(UserError, match=r"names none of .*\[26, 12, 5, 2\]"):
@@ -436,17 +438,20 @@ def test_conditional_seed_net_needs_an_attention_side_it_has():
 
 
 @pytest.mark.parametrize("variant", ["uncond", "cond"])
-def test_mnist_seed_config_is_the_original_net(variant):
-    """configs/mnist_seed.py, the twin of benchmarks/torch_reference.py (run.py compares counts)."""
-    config = mnist_seed.get_config(variant)
+def test_mnist_original_config_is_the_original_net(variant):
+    """configs/mnist_original.py, the twin of benchmarks/torch_reference.py (run.py compares
+    counts); its former name, mnist_seed, gives the same config."""
+    config = mnist_original.get_config(variant)
+    former = "mnist_seed:cond" if variant == "cond" else "configs/mnist_seed.py"
+    assert get_config(former) == config
     m = config.model
     num_classes = 10 if m.conditional else 0
     params, out_shape = init_shapes(
         create_model(m, (28, 28, 1), num_classes=num_classes), (28, 28, 1)
     )
     assert out_shape == (2, 28, 28, 1)
-    assert (m.name, m.preconditioning) == ("seed_unet", "none")
-    expected = expected_seed_params(m.channels, m.embed_dim, 1)
+    assert (m.name, m.preconditioning) == ("small_unet", "none")
+    expected = expected_small_unet_params(m.channels, m.embed_dim, 1)
     if m.conditional:
         # One 256-d token per class and the null one; transformers at 5x5 (128 channels,
         # encoder and decoder) and 2x2 (256 channels), feed-forward 3x wide.

@@ -48,7 +48,7 @@ def numpy_conv_transpose(x, kernel, stride, size):
     return y
 
 
-# Three of the seed decoder's transposed convs (input side, stride, output side),
+# Three of the small U-Net decoder's transposed convs (input side, stride, output side),
 # fewer channels: from 2x2 (its own tangent form on CPU), stride 2 with PyTorch's
 # output_padding, and stride 1.
 @pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12), (26, 1, 28)])
@@ -83,7 +83,7 @@ def test_transposed_conv_is_flax_conv_transpose_in_value_and_both_derivatives(si
     np.testing.assert_allclose(jvp, ref_jvp, rtol=1e-5, atol=1e-5)
 
 
-# The seed decoder's 2->5 (where XLA:CPU's dilated convolution is slow), and
+# The small U-Net decoder's 2->5 (where XLA:CPU's dilated convolution is slow), and
 # 5->12 with output padding.
 @pytest.mark.parametrize("side,stride,size", [(2, 2, 5), (5, 2, 12)])
 @pytest.mark.parametrize("form", ["_overlap_add", "_transpose_of_conv"])
@@ -123,9 +123,9 @@ def test_transposed_conv_lowers_for_gpu_to_the_convolutions_cudnn_runs_fast():
     assert sum("lhs_dilate = [1, 1]" in line for line in backward) == 2
 
 
-def test_seed_net_has_no_dilated_convolution_from_a_2x2_map_on_cpu():
+def test_small_net_has_no_dilated_convolution_from_a_2x2_map_on_cpu():
     """XLA:CPU runs input-dilated convolutions from a 2x2 map 15x slower than
-    their work needs: on CPU the seed net's transposed conv from 2x2, the input
+    their work needs: on CPU the small U-Net's transposed conv from 2x2, the input
     gradient of its strided conv to 2x2 and their forward-mode tangents are
     matmuls and overlap-adds instead, in training and in the likelihood's jvp."""
     model = create_model(mnist.get_config().model, (28, 28, 1))
@@ -150,7 +150,7 @@ def test_seed_net_has_no_dilated_convolution_from_a_2x2_map_on_cpu():
         assert ("2", "2") not in sides, program
 
 
-# The seed encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
+# The small U-Net encoder's deepest conv (5 -> 2, whose input gradient is a 2x2 -> 5x5
 # transposed conv and has its own form on CPU) and the one before (12 -> 5), fewer channels.
 @pytest.mark.parametrize("side", [5, 12])
 def test_strided_conv_is_flax_conv_in_value_and_both_derivatives(side):

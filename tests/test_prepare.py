@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches, prepare
+from jaxdiff.data import prepare, tfds_reader
 
 from .conftest import ROOT, TEST_DATA
 
@@ -32,7 +32,7 @@ def examples(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, bytes]]:
 
 
 def read_all(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
-    return batches.load_split(name, split, str(data_dir), download=False)
+    return tfds_reader.load_split(name, split, str(data_dir), download=False)
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -79,7 +79,9 @@ def test_prepared_from_made_idx_files_reads_back_exactly(tmp_path):
 
 def test_load_split_prepares_a_missing_dataset_on_first_use(tmp_path):
     shutil.copytree(TEST_DATA / "mnist", tmp_path / "downloads" / "manual")
-    images, labels = batches.load_split("mnist", "train", str(tmp_path))  # download=True: prepares
+    images, labels = tfds_reader.load_split(
+        "mnist", "train", str(tmp_path)
+    )  # download=True: prepares
     source_images = prepare.read_idx(TEST_DATA / "mnist" / prepare.MNIST_FILES["train_images"])
     source_labels = prepare.read_idx(TEST_DATA / "mnist" / prepare.MNIST_FILES["train_labels"])
     assert examples(images, labels) == examples(source_images[..., None], source_labels)
@@ -131,7 +133,7 @@ def test_no_network_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
     # Port 1 on the loopback address: nothing listens, the connection is refused.
     monkeypatch.setattr(prepare._builders()["mnist"], "URL", "http://127.0.0.1:1/")
     with pytest.raises(UserError) as error:
-        batches.load_split("mnist", "train", str(tmp_path))
+        tfds_reader.load_split("mnist", "train", str(tmp_path))
     message = str(error.value)
     assert "\n" not in message and "could not be downloaded" in message
     assert str(tmp_path / "downloads" / "manual") in message
@@ -142,7 +144,7 @@ def test_no_network_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
 
 def test_missing_dataset_without_download_names_the_command(tmp_path):
     with pytest.raises(UserError) as error:
-        batches.load_split("cifar10", "train", str(tmp_path), download=False)
+        tfds_reader.load_split("cifar10", "train", str(tmp_path), download=False)
     message = str(error.value)
     assert f"python -m jaxdiff.prepare cifar10 --data_dir={tmp_path}" in message
     assert "\n" not in message and not (tmp_path / "cifar10").exists()

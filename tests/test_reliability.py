@@ -23,7 +23,7 @@ import pytest
 
 from jaxdiff.core import preemption
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches
+from jaxdiff.data import tfds_reader
 from jaxdiff.training.score import train_and_evaluate
 from jaxdiff.training.workdir import WorkdirLock
 
@@ -235,13 +235,13 @@ def copy_run(workdir, target):
 
 def with_nan_images(monkeypatch):
     """Makes every training image NaN, as a corrupted input pipeline would."""
-    load_split = batches.load_split
+    load_split = tfds_reader.load_split
 
     def nan_split(*args, **kwargs):
         images, labels = load_split(*args, **kwargs)
         return np.full(images.shape, np.nan, np.float32), labels
 
-    monkeypatch.setattr(batches, "load_split", nan_split)
+    monkeypatch.setattr(tfds_reader, "load_split", nan_split)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(

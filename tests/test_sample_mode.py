@@ -10,7 +10,7 @@ from PIL import Image
 
 import jaxdiff
 from jaxdiff import pipeline as pipeline_module
-from jaxdiff.commands.sample import sample
+from jaxdiff.commands.sample import run as sample_mode
 from jaxdiff.core.errors import UserError
 from jaxdiff.evaluation.evaluate import evaluate
 from jaxdiff.pipeline import Pipeline
@@ -51,7 +51,7 @@ def test_batches_are_the_pipelines_batches_and_files_follow(tiny_run, caplog):
         save_individual=True,
     )
     with caplog.at_level(logging.INFO, logger="jaxdiff"):
-        path = sample(config, str(workdir))
+        path = sample_mode(config, str(workdir))
     assert path == f"{stem}.npz"
 
     # Three calls of 2 (the last one cut to 1), each with its own noise: batch b of
@@ -101,7 +101,7 @@ def test_an_interrupted_run_leaves_its_batches_and_resumes(tiny_run, monkeypatch
 
     monkeypatch.setattr(Pipeline, "sample", killed_in_batch_2)
     with pytest.raises(RuntimeError, match="killed"):
-        sample(config, str(workdir))
+        sample_mode(config, str(workdir))
     # The two complete batches, in a file that loads; no half-written file beside it.
     with np.load(f"{stem}.npz") as npz:
         np.testing.assert_array_equal(npz["images"], expected[:4])
@@ -118,7 +118,7 @@ def test_an_interrupted_run_leaves_its_batches_and_resumes(tiny_run, monkeypatch
         return real_sample(self, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "sample", counted)
-    sample(config, str(workdir))
+    sample_mode(config, str(workdir))
     assert calls == [2]
     with np.load(f"{stem}.npz") as npz:
         np.testing.assert_array_equal(npz["images"], expected)
@@ -127,11 +127,11 @@ def test_an_interrupted_run_leaves_its_batches_and_resumes(tiny_run, monkeypatch
     # batch size is other noise, drawn anew.
     calls.clear()
     ode = {"sampler": "ode", "num_samples": 3}
-    sample(config_of("mnist", tiny_overrides(), **ode, batch_size=2), str(workdir))
+    sample_mode(config_of("mnist", tiny_overrides(), **ode, batch_size=2), str(workdir))
     assert calls == []
     with np.load(f"{stem}.npz") as npz:
         np.testing.assert_array_equal(npz["images"], expected[:3])
-    sample(config_of("mnist", tiny_overrides(), **ode, batch_size=3), str(workdir))
+    sample_mode(config_of("mnist", tiny_overrides(), **ode, batch_size=3), str(workdir))
     assert calls == [0]
 
 
@@ -146,7 +146,7 @@ def test_prompted_batches_keep_whole_classes_and_their_labels(tiny_cond_run):
         samples_per_class=3,
         batch_size=5,  # 2 of each class per call: calls of 2 + 2, 2 + 2 (cut to 1 + 1)
     )
-    sample(config, str(workdir))
+    sample_mode(config, str(workdir))
     pipeline = jaxdiff.load(workdir)
     drawn = batches_of(pipeline, 2, 2, prompt="3,seven", guidance_scale=2.0)
     for _, labels in drawn:
@@ -166,10 +166,10 @@ def test_prompted_batches_keep_whole_classes_and_their_labels(tiny_cond_run):
 def test_impossible_batch_settings_are_one_line(tiny_run):
     _, workdir, _ = tiny_run
     with pytest.raises(UserError, match=r"^sampling.batch_size must be positive, got 0$"):
-        sample(config_of("mnist", tiny_overrides(), batch_size=0), str(workdir))
+        sample_mode(config_of("mnist", tiny_overrides(), batch_size=0), str(workdir))
     config = config_of("mnist", tiny_overrides(), batch_size=2, save_trajectory=True)
     with pytest.raises(UserError, match="save_trajectory draws all samples in one batch: 4 "):
-        sample(config, str(workdir))
+        sample_mode(config, str(workdir))
 
 
 def test_step_flag_picks_the_checkpoint(tiny_run):

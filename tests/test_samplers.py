@@ -15,7 +15,7 @@ import pytest
 from jaxdiff.core.errors import UserError
 from jaxdiff.diffusion.conditioning import guided_score_fn
 from jaxdiff.diffusion.sde import VESDE, VPSDE, SubVPSDE
-from jaxdiff.sampling.samplers import create_sampler, noise_levels, num_function_evals
+from jaxdiff.sampling import create_sampler, noise_levels, num_function_evals
 
 MU, S = 0.5, 0.2
 # Tolerances: 3% of the mean, 5% of the std. The VE prior N(0, std(1)^2) ignores
@@ -275,5 +275,5 @@ def test_the_ode_sampler_ends_denoised():
     "sampler, nfe", [("euler_maruyama", 500), ("pc", 1000), ("ode", 101), ("edm", 35), ("ddim", 35)]
 )
 def test_num_steps_zero_is_each_samplers_default(sampler, nfe):
-    # Choosing a sampler by name alone gives its usual settings (the seed's 500 for EM).
+    # Choosing a sampler by name alone gives its usual settings (the original project's 500 for EM).
     assert num_function_evals(sampling_config(sampler=sampler, num_steps=0)) == nfe

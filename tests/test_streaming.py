@@ -69,7 +69,7 @@ sys.path.insert(0, ".")
 from jaxdiff.configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
 from jaxdiff.data import batches
-from jaxdiff.data import streaming
+from jaxdiff.data import streaming, tfds_reader
 from jaxdiff.experiment import create_experiment
 from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 from jaxdiff.core.random import score_batch_key
@@ -79,7 +79,7 @@ config = apply_overrides(mnist.get_config(), tiny_overrides())
 config.training.steps_per_call = 2
 config.data.random_flip = True  # the flips must agree too
 experiment = create_experiment(config)
-images, labels = batches.load_split("mnist", "train[:100]")
+images, labels = tfds_reader.load_split("mnist", "train[:100]")
 tx = create_optimizer(config.training)
 call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
 key = jax.random.key(1)

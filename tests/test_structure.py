@@ -5,11 +5,11 @@ import ast
 import pytest
 from jaxdiff.configs import default
 
+from jaxdiff import sampling
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.registry import Registry
 from jaxdiff.diffusion.preconditioning import PRECONDITIONINGS
 from jaxdiff.models import NETWORKS
-from jaxdiff.sampling import samplers
 
 from .conftest import ROOT
 
@@ -150,14 +150,63 @@ def test_registry_lists_the_names_in_one_line_for_an_unknown_one():
     assert list(registry) == ["b"]
 
 
+def test_registry_aliases_choose_their_entry_and_are_not_listed():
+    registry = Registry("thing.name")
+    registry.register("new", aliases=("old", "older"))(lambda: 1)
+    registry.register("other")(lambda: 2)
+    assert registry.get("old") is registry.get("older") is registry.get("new")
+    assert registry.get("old").name == "new" and registry.get("new").aliases == ("old", "older")
+    assert "old" in registry and registry.canonical("old") == "new"
+    assert (registry.canonical("other"), registry.canonical("c")) == ("other", "c")
+    assert list(registry) == ["new", "other"] and len(registry) == 2
+    with pytest.raises(UserError, match=r"^unknown thing.name 'c'; choose one of new, other$"):
+        registry.get("c")
+    for taken in ("old", "new"):
+        with pytest.raises(ValueError, match=f"'{taken}' is already registered"):
+            registry.register("newest", aliases=(taken,))(lambda: 3)
+        with pytest.raises(ValueError, match=f"'{taken}' is already registered"):
+            registry.register(taken)(lambda: 3)
+    registry.unregister("new")
+    assert "old" not in registry and list(registry) == ["other"]
+    registry.register("old")(lambda: 4)  # A removed entry's aliases are free again.
+
+
 @pytest.mark.parametrize(
     "registry, group",
-    [(NETWORKS, "model"), (samplers.SAMPLERS, "sampling"), (PRECONDITIONINGS, "model")],
+    [(NETWORKS, "model"), (sampling.SAMPLERS, "sampling"), (PRECONDITIONINGS, "model")],
 )
 def test_every_registered_field_is_a_config_field(registry, group):
     fields = default.get_config()[group]
     for name in registry:
         assert set(registry.get(name).fields) <= set(fields), name
-    assert {"seed_unet", "unet"} <= set(NETWORKS) and {"euler_maruyama", "pc", "ode"} <= set(
-        samplers.SAMPLERS
+    assert {"small_unet", "unet"} <= set(NETWORKS) and {"euler_maruyama", "pc", "ode"} <= set(
+        sampling.SAMPLERS
     )
+    # Runs written before the small nets' rename store their former names.
+    for alias, name in [("seed_unet", "small_unet"), ("seed_unet_resize", "small_unet_resize")]:
+        assert alias not in set(NETWORKS) and NETWORKS.get(alias) is NETWORKS.get(name)
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages setuptools installs: a new one must be among them."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")} | {"jaxdiff.configs"}
+    assert found == listed
+
+
+def test_the_docs_layer_map_lists_the_tree_in_layer_order():
+    """docs/README.md's layer map names every package and module of jaxdiff/, lowest first."""
+    text = (ROOT / "docs" / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("Around it:", 1)[0]
+    mapped = [line.split()[0] for line in block.splitlines() if line.startswith("    jaxdiff/")]
+    names = [
+        entry.removeprefix("jaxdiff/").removesuffix("/").removesuffix(".py") for entry in mapped
+    ]
+    tree = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    tree |= {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {"configs"}
+    assert sorted(names) == sorted(tree)
+    assert names == sorted(names, key=LAYERS.index)

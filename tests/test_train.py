@@ -178,14 +178,14 @@ import jax, numpy as np
 sys.path.insert(0, ".")
 from jaxdiff.configs import mnist
 from tests.conftest import apply_overrides, tiny_overrides
-from jaxdiff.data import batches
+from jaxdiff.data import batches, tfds_reader
 from jaxdiff.experiment import create_experiment
 from jaxdiff.training.state import create_optimizer, create_replicated_train_state
 from jaxdiff.training.score import make_train_call
 
 config = apply_overrides(mnist.get_config(), tiny_overrides())
 experiment = create_experiment(config)
-images, labels = batches.load_split("mnist", "train[:100]")  # 100 rows: padded to 104 on 8 devices
+images, labels = tfds_reader.load_split("mnist", "train[:100]")  # 100 rows: 104 on 8 devices
 dataset = batches.to_device(images, labels, experiment.mesh)
 tx = create_optimizer(config.training)
 state = create_replicated_train_state(jax.random.key(0), experiment, tx)

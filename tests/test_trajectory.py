@@ -7,12 +7,12 @@ from jaxdiff.configs import get_config
 from PIL import Image
 
 import jaxdiff
-from jaxdiff.commands.sample import sample
+from jaxdiff.commands.sample import run as sample_mode
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.visualize import captioned
 from jaxdiff.diffusion.sde import VESDE
 from jaxdiff.generation import grid_image, strip_rows
-from jaxdiff.sampling.samplers import create_sampler, noise_levels, snapshot_states, state_times
+from jaxdiff.sampling import create_sampler, noise_levels, snapshot_states, state_times
 
 from .conftest import apply_overrides, tiny_overrides
 from .test_samplers import analytic_score, sampling_config
@@ -102,7 +102,7 @@ def test_sample_mode_writes_the_strip_and_the_gif(tiny_run):
         "sampling.trajectory_frames": 4,
     }
     # What --mode=sample runs, in process: a subprocess would add seconds of imports.
-    sample(apply_overrides(get_config("mnist"), overrides), str(workdir))
+    sample_mode(apply_overrides(get_config("mnist"), overrides), str(workdir))
     stem = workdir / "samples" / "sample_0000004_pc"
     with np.load(f"{stem}.npz") as npz:
         images = npz["images"]

@@ -9,7 +9,8 @@ is rewritten with its records compressed in groups (`--group_size` records per
 zstd block, level `--zstd`): TFDS writes each record compressed alone, and
 CIFAR-10's records share most of their bytes (the feature framing and the
 image headers), so grouping shrinks its folder to less than half. `tfds.data_source`
-reads either layout; the rewrite is checked record for record.
+reads either layout; the rewrite is checked record for record, then read back
+through `tfds.data_source` (`check_readable`).
 
 Everything that travels to the machine (the tracked tree and the bundle) must
 stay under the device tool's 64 MiB; the script prints the total and exits 1
@@ -52,6 +53,16 @@ def repack_dataset(source: str, target: str, group_size: int, zstd_level: int) -
             indices = list(range(count))
             if check.num_records() != count or check.read(indices) != original.read(indices):
                 sys.exit(f"error: the repacked {out} does not hold the records of {path}")
+
+
+def check_readable(data_dir: str, name: str) -> None:
+    """Exits unless `tfds.data_source` reads the last example of each split of `name`."""
+    import tensorflow_datasets as tfds
+
+    for split in tfds.builder(name, data_dir=data_dir).info.splits:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        if "image" not in source[len(source) - 1]:
+            sys.exit(f"error: tfds reads no image from {name}/{split} in {data_dir}")
 
 
 def tracked_bytes(repo: str) -> int:
@@ -105,6 +116,7 @@ def main() -> None:
         source = os.path.join(args.data_dir, name)
         target = os.path.join(args.out, "tensorflow_datasets", name)
         repack_dataset(source, target, args.group_size, args.zstd)
+        check_readable(os.path.dirname(target), name)
         print(
             f"{name}: {folder_bytes(source) / 2**20:.1f} MiB -> "
             f"{folder_bytes(target) / 2**20:.1f} MiB"

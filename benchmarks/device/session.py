@@ -4,40 +4,9 @@ On the device machine (after `benchmarks/device/bundle.py` here, carrying .devic
 
     python3 benchmarks/device/session.py --out=$OUT --budget=585
 
-Dry run on a CPU, at tiny sizes, end to end (about 8 minutes on 2 cores: the
-benchmark and the compile probe build the full cifar10_cond network at batch 8),
-on the bundle's CIFAR-10, with PyTorch installed (`pip install -e ".[benchmarks]"`):
-
-    python benchmarks/device/bundle.py
-    python benchmarks/device/session.py --out=/tmp/session --tiny --budget=900
-
-Steps, in order, each a subprocess with its own time limit (`STEPS`; a step
-whose limit no longer fits in what is left of `--budget` is skipped, and a
-step that fails or runs out of time does not stop the next):
-
-1. `setup`: the bundle's wheels installed into a folder on PYTHONPATH, jaxdiff
-   installed (editable, offline), the bundle's TFDS folder as TFDS_DATA_DIR;
-   the device and versions.
-2. `benchmark`: `benchmarks/run.py` for cifar10_cond in bf16: jaxdiff and its
-   PyTorch twin (eager) at batch 256.
-3. `train`: `configs/cifar10_cond.py` in bf16 at the fastest batch in the table
-   (256 before any sweep), its step count set from the measured speed to fill
-   the step's time (so the learning-rate schedule completes); SIGTERM at the
-   limit saves a checkpoint (jaxdiff's preemption handling). The class grid of
-   its last checkpoint is kept. The CIFAR-10 feature classifier trains after it.
-4. `eval`: `--mode=eval` with 10,000 samples (`--sampler`, `--sample_steps`).
-5. `more_benchmarks`, if time is left: `torch.compile` at 256, then jaxdiff at
-   512 and 128 (the MFU sweep), into the same table.
-
-Beside steps 3-4: the GPU test suite (4 workers), and `benchmarks/compile_time.py`
-(a cold persistent cache, then GPU autotuning off). Both compete with the
-training for the CPU (its data loading and compilation), and their timings
-share the machine: read them as such.
-
-Everything lands in `--out` as it happens (at most 8 files, as the device tool
-returns them): summary.md (also printed at the end), session.log (every
-step's output), benchmarks.json, compile_time.json, eval.json, grid.png,
-metrics.jsonl, tests.log.
+`--tiny`: a dry run on a CPU at tiny sizes. README.md beside this file lists the
+steps (`STEPS`, each a subprocess under its own time limit, all within
+`--budget`) and the files written to `--out`.
 """
 
 import argparse
@@ -256,20 +225,10 @@ def train(s: Session, args, limit_s: float) -> None:
         env = dict(s.env, XLA_PYTHON_CLIENT_MEM_FRACTION="0.1")
         env.pop("TFDS_DATA_DIR", None)  # The tests bring their own data.
         tests_log = open(os.path.join(s.out, "tests.log"), "w", buffering=1)  # noqa: SIM115
+        # Not -n auto (16 workers there): they starved the training of CPU.
+        pytest = ["-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider", "-n", "4"]
         tests = s.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-m",
-                "not slow",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                # Not -n auto (16 workers there): they starved the training of CPU.
-                "-n",
-                "4",
-            ],
+            [sys.executable, *pytest],
             # Beside the training, the classifier and the eval; `finish_tests` collects it.
             limit_s + 140,
             log=tests_log,
@@ -304,28 +263,24 @@ def train(s: Session, args, limit_s: float) -> None:
         args.background.append(("GPU tests (pytest -m 'not slow', beside the training)", tests))
 
 
+def _flags(fields: str) -> list[str]:
+    """`--config.<field>=<value>` for each of the space-separated `field=value` of `fields`."""
+    return [f"--config.{field}" for field in fields.split()]
+
+
 def _train_overrides(s: Session, batch: int, steps: int) -> list[str]:
-    o = [
-        "--config.training.half_precision=True",
-        f"--config.training.batch_size={batch}",
-        f"--config.training.num_steps={steps}",
-        "--config.training.log_every=100",
-        f"--config.training.checkpoint_every={steps}",
-        f"--config.training.warmup_steps={min(1000, steps // 10)}",
-    ]
+    o = _flags(
+        f"training.half_precision=True training.batch_size={batch} training.num_steps={steps} "
+        f"training.log_every=100 training.checkpoint_every={steps} "
+        f"training.warmup_steps={min(1000, steps // 10)}"
+    )
     if s.tiny:
-        o += [
-            "--config.data.train_split=train[:64]",
-            "--config.model.channels=(8,8,8,8)",
-            "--config.model.num_res_blocks=1",
-            "--config.model.embed_dim=16",
-            "--config.model.context_dim=16",
-            "--config.training.log_every=4",
-            "--config.training.checkpoint_every=8",
-            "--config.training.warmup_steps=2",
-            "--config.sampling.num_steps=2",
-            "--config.sampling.samples_per_class=1",
-        ]
+        o += _flags(
+            "data.train_split=train[:64] model.channels=(8,8,8,8) model.num_res_blocks=1 "
+            "model.embed_dim=16 model.context_dim=16 training.log_every=4 "
+            "training.checkpoint_every=8 training.warmup_steps=2 sampling.num_steps=2 "
+            "sampling.samples_per_class=1"
+        )
     return o
 
 
@@ -333,16 +288,11 @@ def classifier(s: Session, args, limit_s: float) -> None:
     cmd = [sys.executable, "main.py", "--config=configs/classifier_cifar10.py"]
     cmd += [f"--workdir={args.classifier_workdir}"]
     if s.tiny:
-        cmd += [
-            "--config.data.train_split=train[:64]",
-            "--config.classifier.channels=(8,8)",
-            "--config.classifier.num_res_blocks=1",
-            "--config.classifier.num_steps=4",
-            "--config.classifier.batch_size=16",
-            "--config.classifier.log_every=2",
-            "--config.classifier.checkpoint_every=4",
-            "--config.classifier.warmup_steps=1",
-        ]
+        cmd += _flags(
+            "data.train_split=train[:64] classifier.channels=(8,8) classifier.num_res_blocks=1 "
+            "classifier.num_steps=4 classifier.batch_size=16 classifier.log_every=2 "
+            "classifier.checkpoint_every=4 classifier.warmup_steps=1"
+        )
     code, took = s.run(cmd, limit_s)
     s.note(f"- classifier: exit {code} in {took:.0f} s")
     line = _tail(os.path.join(s.out, "session.log"), "accuracy")

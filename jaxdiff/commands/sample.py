@@ -1,24 +1,22 @@
 """`--mode=sample`: samples of a trained run written into its workdir, resumably."""
 
 import dataclasses
-import json
 import logging
 import os
-import zipfile
 
 import jax
 import ml_collections
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import parallel, preemption
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.progress import Progress
 from jaxdiff.core.visualize import save_png
 from jaxdiff.diffusion import conditioning
 from jaxdiff.experiment import Experiment
-from jaxdiff.generation import grid_image, save_trajectory
+from jaxdiff.generation import SampleFile, defining_settings, grid_image, save_trajectory
 from jaxdiff.pipeline import Pipeline, load
-from jaxdiff.sampling import samplers
 
 logger = logging.getLogger("jaxdiff")
 
@@ -43,18 +41,6 @@ def _file_stem(experiment: Experiment, step: int) -> str:
 # each class (at least one). The .npz and save_individual hold every sample.
 GRID_MAX_SAMPLES = 256
 
-# Sampling fields that do not decide which samples --mode=sample draws: the
-# number says how many of the seed's sequence (and batch_size is replaced by
-# the number per batch it gives); the rest are extra outputs.
-_FIELDS_NOT_IN_SAMPLES = (
-    "num_samples",
-    "samples_per_class",
-    "batch_size",
-    "save_individual",
-    "save_trajectory",
-    "trajectory_frames",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class SampleBatches:
@@ -62,9 +48,9 @@ class SampleBatches:
 
     The samples form `classes` rows (the prompted classes; 1 without a
     prompt) of `per_class` each. Batch b draws `per_batch` of each row (so
-    labels stay whole classes) with `random.sampling_key(seed, b)`; the last batch is
-    drawn whole and cut, so every batch compiles to one program and the
-    first samples of a run are those of a longer run with the same batch.
+    labels stay whole classes) with `random.sampling_key(seed, b)`; the last
+    batch is drawn whole and cut, so every batch compiles to one program and
+    the first samples of a run are those of a longer run with the same batch.
     """
 
     classes: int
@@ -97,32 +83,79 @@ def sample_batches(experiment: Experiment) -> SampleBatches:
     return SampleBatches(classes, per_class, per_batch)
 
 
-def _sample_settings(pipeline: Pipeline, batches: SampleBatches) -> str:
-    """What decides `--mode=sample`'s samples beside their index, as JSON (kept in the .npz)."""
-    config = pipeline.config
-    sampling = json.loads(config.sampling.to_json())
-    for field in _FIELDS_NOT_IN_SAMPLES:
-        sampling.pop(field, None)
-    settings = {
-        "step": pipeline.step,
-        "seed": config.seed,
-        "per_batch": batches.per_batch,
-        "sampling": sampling,
-    }
-    return json.dumps(settings, sort_keys=True)
+class _Samples:
+    """The samples of one `--mode=sample` run, row by row, and the files that show them.
 
+    `images[c, j]` is sample j of row c; the first `done` of each row are drawn.
+    """
 
-def _saved_samples(path: str, settings: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(images, labels) of an .npz that `--mode=sample` wrote with these settings, else None."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path) as saved:
-            if "settings" not in saved.files or str(saved["settings"]) != settings:
-                return None
-            return saved["images"], saved["labels"]
-    except (OSError, ValueError, zipfile.BadZipFile):  # Not ours, or damaged: drawn anew.
-        return None
+    def __init__(self, pipeline: Pipeline, batches: SampleBatches, stem: str):
+        config, experiment = pipeline.config, pipeline.experiment
+        s = config.sampling
+        self.experiment, self.batches, self.stem = experiment, batches, stem
+        self.save_individual = s.save_individual
+        self.images = np.zeros(
+            (batches.classes, batches.per_class, *experiment.image_shape), np.uint8
+        )
+        self.labels = np.zeros((batches.classes, batches.per_class), np.int32)
+        self.done = 0
+        self.shown = 0  # Samples per row the grid on disk shows.
+        settings = {
+            "step": pipeline.step,
+            "seed": config.seed,
+            "per_batch": batches.per_batch,
+            "sampling": defining_settings(s),
+        }
+        self.file = SampleFile(
+            stem + ".npz",
+            settings,
+            class_names=np.asarray(experiment.dataset.class_names),
+            step=pipeline.step,
+            sampler=s.sampler,
+            num_steps=sampling.num_steps(s),
+            guidance_scale=s.guidance_scale,
+            prompt=s.prompt,
+            seed=config.seed,
+        )
+
+    def resume(self) -> None:
+        """Takes the whole batches of a saved run with the same settings (or all asked for)."""
+        saved = self.file.read()
+        if saved is None:
+            return
+        b = self.batches
+        count = len(saved[0]) // b.classes
+        done = min(count, b.per_class)
+        if done < b.per_class:
+            done -= done % b.per_batch  # The last batch of a shorter run was cut.
+        shape = (b.classes, count, *self.images.shape[2:])
+        self.images[:, :done] = saved[0].reshape(shape)[:, :done]
+        self.labels[:, :done] = saved[1].reshape(shape[:2])[:, :done]
+        self.done = done
+
+    def add(self, batch: int, drawn: np.ndarray, drawn_labels: np.ndarray) -> int:
+        """Places batch `batch`'s samples; returns the index in each row where they start."""
+        b = self.batches
+        start = batch * b.per_batch
+        take = min(b.per_batch, b.per_class - start)
+        shape = (b.classes, b.per_batch, *self.images.shape[2:])
+        self.images[:, start : start + take] = drawn.reshape(shape)[:, :take]
+        self.labels[:, start : start + take] = drawn_labels.reshape(shape[:2])[:, :take]
+        self.done = start + take
+        return start
+
+    def write(self, new: int, missing_only: bool = False) -> None:
+        """Writes the .npz, the grid if it shows more now, and the PNGs of samples new.. on."""
+        b, done = self.batches, self.done
+        if self.save_individual:
+            _save_individual(self.images, self.stem, b, new, done, missing_only)
+        flat = self.images[:, :done].reshape(-1, *self.images.shape[2:])
+        self.file.write(flat, self.labels[:, :done].reshape(-1), -(-done // b.per_batch))
+        shown = min(done, max(1, GRID_MAX_SAMPLES // b.classes))
+        if shown != self.shown:
+            self.shown = shown
+            grid = self.images[:, :shown].reshape(-1, *self.images.shape[2:])
+            save_png(self.stem + ".png", grid_image(grid, self.experiment))
 
 
 def _save_individual(
@@ -141,7 +174,7 @@ def _save_individual(
                 save_png(path, images[c, j])
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> str:
     """`--mode=sample`: draws samples with a checkpoint's EMA parameters (the latest if None).
 
     A thin layer over `jaxdiff.load(workdir, step, config).sample()` that
@@ -149,9 +182,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
     prompt, one labelled row per class) and `<stem>.npz` (`images` uint8 NHWC,
     `labels` (-1: unconditional), `class_names`, `step`, `sampler`,
     `num_steps`, `guidance_scale`, `prompt`, `seed`, and `settings`, what
-    decides the samples as JSON) into the workdir; with
-    `sampling.save_individual`, also each image as `<stem>/<index>.png`; with
-    `sampling.save_trajectory`, also `<stem>_trajectory.png` and `.gif`
+    decides the samples as JSON: a `generation.SampleFile`) into the workdir;
+    with `sampling.save_individual`, also each image as `<stem>/<index>.png`;
+    with `sampling.save_trajectory`, also `<stem>_trajectory.png` and `.gif`
     (`save_trajectory`; all samples in one batch). The stem is
     `sample_<step>_<sampler>`, with `_w<guidance>_<classes>` (or `_uncond`)
     added for a conditional model.
@@ -184,34 +217,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
     is_main = jax.process_index() == 0
     if is_main:
         os.makedirs(os.path.dirname(stem), exist_ok=True)
-    settings = _sample_settings(pipeline, batches)
-    fields = dict(
-        class_names=np.asarray(experiment.dataset.class_names),
-        step=pipeline.step,
-        sampler=s.sampler,
-        num_steps=samplers.num_steps(s),
-        guidance_scale=s.guidance_scale,
-        prompt=s.prompt,
-        seed=config.seed,
-        settings=settings,
-    )
-    # Every sample, class by class: images[c, j] is sample j of row c.
-    images = np.zeros((batches.classes, batches.per_class, *experiment.image_shape), np.uint8)
-    labels = np.zeros((batches.classes, batches.per_class), np.int32)
-    done, first_batch = 0, 0
-    saved = None if s.save_trajectory else _saved_samples(stem + ".npz", settings)
-    if saved is not None:
-        # Whole batches only (the last one of a shorter run was cut), or all that is asked for.
-        count = len(saved[0]) // batches.classes
-        done = min(count, batches.per_class)
-        if done < batches.per_class:
-            done -= done % batches.per_batch
-        first_batch = -(-done // batches.per_batch)
-        shape = (batches.classes, count, *images.shape[2:])
-        images[:, :done] = saved[0].reshape(shape)[:, :done]
-        labels[:, :done] = saved[1].reshape(shape[:2])[:, :done]
-        if done:
-            logger.info("Resuming from the %d samples in %s.npz", done * batches.classes, stem)
+    samples = _Samples(pipeline, batches, stem)
+    if not s.save_trajectory:
+        samples.resume()
+    if samples.done:
+        logger.info("Resuming from the %d samples in %s.npz", samples.done * batches.classes, stem)
     if batches.num_batches > 1:
         logger.info(
             "%d samples in %d batches of %d (sampling.batch_size) into %s.npz",
@@ -221,36 +231,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
             stem,
         )
 
-    shown = 0  # Samples per row the grid on disk shows.
-    per_row_shown = max(1, GRID_MAX_SAMPLES // batches.classes)
-
-    def write(new: int) -> None:
-        """Writes the first `done` samples of each row: .npz, grid, PNGs of samples new.. on."""
-        nonlocal shown
-        if s.save_individual:
-            _save_individual(images, stem, batches, new, done, missing=False)
-        with open(stem + ".npz.tmp", "wb") as f:
-            np.savez(
-                f,
-                images=images[:, :done].reshape(-1, *images.shape[2:]),
-                labels=labels[:, :done].reshape(-1),
-                **fields,
-            )
-        os.replace(stem + ".npz.tmp", stem + ".npz")
-        if min(done, per_row_shown) != shown:
-            shown = min(done, per_row_shown)
-            save_png(
-                stem + ".png",
-                grid_image(images[:, :shown].reshape(-1, *images.shape[2:]), experiment),
-            )
-
     trajectory = None
-    progress = Progress(batches.total, "samples", "sample", initial=done * batches.classes)
+    first_batch = -(-samples.done // batches.per_batch)
+    progress = Progress(batches.total, "samples", "sample", initial=samples.done * batches.classes)
     with progress, preemption.stop_signals_caught():
-        if done and is_main:  # Resumed: what a rerun may ask for besides the samples.
-            if s.save_individual:
-                _save_individual(images, stem, batches, 0, done, missing=True)
-            write(done)
+        if samples.done and is_main:  # Resumed: what a rerun may ask for besides the samples.
+            samples.write(0, missing_only=True)
         for batch in range(first_batch, batches.num_batches):
             if s.save_trajectory:
                 trajectory, times, drawn_labels = pipeline.sample_trajectory()
@@ -259,21 +245,16 @@ def sample(config: ml_collections.ConfigDict, workdir: str, step: int | None = N
                 drawn, drawn_labels = pipeline.sample(
                     batches.per_batch, seed=config.seed, batch=batch
                 )
-            start = batch * batches.per_batch
-            take = min(batches.per_batch, batches.per_class - start)
-            shape = (batches.classes, batches.per_batch, *images.shape[2:])
-            images[:, start : start + take] = drawn.reshape(shape)[:, :take]
-            labels[:, start : start + take] = drawn_labels.reshape(shape[:2])[:, :take]
-            done = start + take
+            start = samples.add(batch, drawn, drawn_labels)
             if is_main:
-                write(start)
-            progress.update(done * batches.classes)
+                samples.write(start)
+            progress.update(samples.done * batches.classes)
             stop_signal = preemption.stop_requested()
             if jax.process_count() > 1:  # The batch ended in a host sync: agree now.
                 stop_signal = parallel.any_process(stop_signal)
-            if stop_signal and done < batches.per_class:
+            if stop_signal and samples.done < batches.per_class:
                 raise preemption.Preempted(
-                    f"sample: stopped by {stop_signal} at {done * batches.classes}/"
+                    f"sample: stopped by {stop_signal} at {samples.done * batches.classes}/"
                     f"{batches.total} samples, saved in {stem}.npz; run the same command "
                     "again to resume"
                 )

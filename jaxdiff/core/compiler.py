@@ -7,7 +7,7 @@ backward pass is full of such reductions (bias and normalization gradients).
 So on CPU jaxdiff keeps YNNPACK for reductions and single dots and gives
 convolutions to XLA's own kernels, unless `XLA_FLAGS` sets the option itself,
 or this XLA does not know it. The figures, kernel by kernel and for whole train
-and sampling calls, are in docs/performance.md (benchmarks/probes/xla_options.py).
+and sampling calls, are in docs/performance.md (docs/design.md).
 """
 
 import dataclasses

@@ -6,7 +6,7 @@ glibc's malloc serves a block that large with a fresh `mmap` and gives it back
 with `munmap`, so every call faults its pages in again and the kernel zeroes
 them. Keeping freed memory in the heap lets the next call reuse it: train calls
 run faster, sampling about as fast, as a sampler's `lax.scan` reuses its
-buffers within the call (benchmarks/probes/host_memory.py; the figures are in
+buffers within the call (docs/design.md; the figures are in
 docs/performance.md). main.py calls it (`--keep_freed_memory`). The price: the
 process keeps its peak memory until it exits.
 """

@@ -20,62 +20,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxdiff.core import parallel
-from jaxdiff.core.errors import UserError
-from jaxdiff.data import prepare
-from jaxdiff.data.prepare import resolve_data_dir
-
-
-def load_split(
-    name: str, split: str, data_dir: str = "", download: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a whole split of a TFDS dataset's `image` and `label` with `tfds.data_source`.
-
-    No TensorFlow is needed. Used for the datasets jaxdiff prepares (see
-    `datasets.read_split` for the others). A dataset missing from the data
-    directory is first prepared there
-    (`jaxdiff.data.prepare`: downloaded, or taken from `<data_dir>/downloads/manual/`)
-    unless `download` is False.
-
-    Returns:
-      images (N, H, W, C) uint8 and labels (N,) int32.
-
-    Raises:
-      UserError: dataset not prepared and not preparable, bad split.
-    """
-    directory = resolve_data_dir(data_dir)
-    ensure_prepared(name, directory, download)
-    import tensorflow_datasets as tfds  # Imported here: it is slow to import.
-
-    try:
-        source = tfds.data_source(name, split=split, data_dir=directory, download=False)
-        examples = source.__getitems__(range(len(source)))
-    except Exception as e:  # TFDS raises many types; the user needs one line.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot read {name!r} split {split!r} from {directory}: {first_line}"
-        ) from None
-    if not examples:
-        raise UserError(f"split {split!r} of {name!r} is empty")
-    images = np.stack([ex["image"] for ex in examples]).astype(np.uint8)
-    labels = np.asarray([ex["label"] for ex in examples], np.int32)
-    return images, labels
-
-
-def ensure_prepared(name: str, directory: str, download: bool) -> None:
-    """Prepares a dataset jaxdiff knows (`jaxdiff.data.prepare`) missing from `directory`.
-
-    Raises:
-      UserError: it is missing and `download` is False, or it cannot be prepared.
-    """
-    if prepare.is_prepared(name, directory) or name not in prepare.DATASET_NAMES:
-        return
-    if not download:
-        raise UserError(
-            f"dataset {name!r} not found in {directory}: run `python -m jaxdiff.prepare "
-            f"{name} --data_dir={directory}`, or point TFDS_DATA_DIR or "
-            f"--config.data.data_dir at a directory where it is prepared"
-        )
-    prepare.prepare(name, directory)
 
 
 @flax.struct.dataclass

@@ -35,8 +35,7 @@ import ml_collections
 import numpy as np
 
 from jaxdiff.core.errors import UserError
-from jaxdiff.data import batches, image_folder
-from jaxdiff.data.prepare import resolve_data_dir
+from jaxdiff.data import image_folder, tfds_reader
 
 logger = logging.getLogger("jaxdiff")
 
@@ -48,6 +47,11 @@ BUILTIN_SHAPES = {
     "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3),
 }
+# What else data.dataset may name, for the error on an unknown one ({} is the data directory).
+_BUILTIN_HINT = (
+    f"{', '.join(sorted(BUILTIN_SHAPES))}, another TFDS image dataset prepared in {{}}, "
+    f"or '{FOLDER}' with data.path"
+)
 # The TFDS label names of the datasets jaxdiff prepares, in label order (tests check
 # them against the TFDS metadata). Other datasets' names are read from their data.
 CLASS_NAMES = {
@@ -263,51 +267,9 @@ def _folder_info(c: ml_collections.ConfigDict) -> DatasetInfo:
     return DatasetInfo(FOLDER, (size, size, channels), split.class_names, label=_label(c))
 
 
-def _tfds_builder(c: ml_collections.ConfigDict):
-    """The TFDS builder of a dataset prepared in the data directory."""
-    import tensorflow_datasets as tfds  # Imported here: it is slow to import.
-
-    directory = resolve_data_dir(c.data_dir)
-    if c.dataset in BUILTIN_SHAPES:  # Read at another size: prepared as for load_split.
-        batches.ensure_prepared(c.dataset, directory, c.download)
-    try:
-        builder = tfds.builder(c.dataset, data_dir=directory)
-    except Exception:  # TFDS raises several types for a name it does not know.
-        raise UserError(
-            f"unknown data.dataset {c.dataset!r}: not a TFDS dataset; choose "
-            f"{', '.join(sorted(BUILTIN_SHAPES))}, another TFDS image dataset prepared in "
-            f"{directory}, or '{FOLDER}' with data.path"
-        ) from None
-    if not _is_prepared(builder):
-        raise UserError(
-            f"TFDS dataset {c.dataset!r} is not prepared in {directory}: prepare it there "
-            f"in the array_record format (`tfds build {c.dataset} --file_format=array_record "
-            f"--data_dir={directory}`, which needs TensorFlow) or point data.data_dir at it"
-        )
-    return builder
-
-
-def _is_prepared(builder) -> bool:
-    return os.path.isfile(os.path.join(os.fspath(builder.data_dir), "dataset_info.json"))
-
-
-def _features(builder) -> tuple[str, str | None]:
-    """The names of the dataset's image feature and of its class label (None without one)."""
-    import tensorflow_datasets as tfds
-
-    features = builder.info.features
-    images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
-    labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
-    if not images:
-        raise UserError(f"TFDS dataset {builder.name!r} has no image feature")
-    image = "image" if "image" in images else images[0]
-    label = "label" if "label" in labels else (labels[0] if len(labels) == 1 else None)
-    return image, label
-
-
 def _tfds_info(c: ml_collections.ConfigDict) -> DatasetInfo:
-    builder = _tfds_builder(c)
-    image_key, label_key = _features(builder)
+    builder = tfds_reader.builder(c.dataset, c.data_dir, c.download, _BUILTIN_HINT)
+    image_key, label_key = tfds_reader.features(builder)
     height, width, channels = builder.info.features[image_key].shape
     size = c.image_size
     if not size:
@@ -360,7 +322,7 @@ def read_split(data_config: ml_collections.ConfigDict, split: str) -> tuple[np.n
     """
     c = data_config
     if is_builtin_native(c):
-        return batches.load_split(c.dataset, split, c.data_dir, c.download)
+        return tfds_reader.load_split(c.dataset, split, c.data_dir, c.download)
     info = dataset_info(c)
     base, bounds = parse_split(split)
     images, labels = _cached_split(c, info, base)
@@ -403,8 +365,8 @@ def _cached_split(
             labels[:] = listing.labels
             image_folder.decode_split(listing, size, channels, images, _progress(count))
     else:
-        builder = _tfds_builder(c)
-        image_key, label_key = _features(builder)
+        builder = tfds_reader.builder(c.dataset, c.data_dir, c.download, _BUILTIN_HINT)
+        image_key, label_key = tfds_reader.features(builder)
         if split not in builder.info.splits:
             raise UserError(
                 f"{c.dataset!r} has no split {split!r}; its splits: "
@@ -415,8 +377,14 @@ def _cached_split(
         fingerprint = [c.dataset, str(builder.info.version), count]
 
         def build(images: np.ndarray, labels: np.ndarray) -> None:
-            _read_tfds(
-                builder, c.data_dir, split, (image_key, label_key), (size, channels), images, labels
+            tfds_reader.read_fitted(
+                builder,
+                c.data_dir,
+                split,
+                (image_key, label_key),
+                (size, channels),
+                (images, labels),
+                _progress(count),
             )
 
     directory = os.path.join(cache_root(c), source, f"{split}-{size}x{size}x{channels}")
@@ -483,32 +451,6 @@ def _write_cache(directory: str, key: str, shape: tuple[int, ...], build) -> Non
         raise UserError(f"cannot write the dataset cache {directory}: {e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _read_tfds(builder, data_dir, split, keys, size_channels, images, labels) -> None:
-    """Reads a TFDS split in chunks, fitting the images into `images`, the labels into `labels`."""
-    import tensorflow_datasets as tfds
-
-    (image_key, label_key), (size, channels) = keys, size_channels
-    try:
-        source = tfds.data_source(
-            builder.name, split=split, data_dir=resolve_data_dir(data_dir), download=False
-        )
-    except Exception as e:  # TFDS raises many types; the user needs one line.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot read {builder.name!r} split {split!r}: {first_line} (jaxdiff reads TFDS "
-            "datasets prepared in the array_record format, without TensorFlow)"
-        ) from None
-    progress = _progress(len(source))
-    chunk = 1024
-    for start in range(0, len(source), chunk):
-        rows = range(start, min(len(source), start + chunk))
-        for i, example in zip(rows, source.__getitems__(rows), strict=True):
-            images[i] = image_folder.fit_array(np.asarray(example[image_key]), size, channels)
-            if label_key:
-                labels[i] = int(example[label_key])
-        progress(rows.stop)
 
 
 def _progress(total: int):

@@ -1,11 +1,11 @@
 """Continuous-time denoising score matching, with the training recipe's noise levels and weights.
 
-The recipe (`LossRecipe`, from `training.*`) decides two things the seed fixed:
-- which diffusion times the loss sees: t ~ U(eps, 1) (the seed's), or EDM's
+The recipe (`LossRecipe`, from `training.*`) decides two things the original project fixed:
+- which diffusion times the loss sees: t ~ U(eps, 1) (the original project's), or EDM's
   log-normal noise levels, ln sigma ~ N(p_mean, p_std^2) with sigma(t) = std / alpha
   mapped to t by the SDE (Karras et al. 2022);
 - the weight lambda of each example's residual ||std(t) score + z||^2, which is
-  the seed's lambda(t) = std(t)^2 weighting: 1 (the seed's), EDM's
+  the original project's lambda(t) = std(t)^2 weighting: 1 (its own), EDM's
   (sigma^2 + sigma_data^2) / sigma_data^2 (its lambda(sigma) = (sigma^2 +
   sigma_data^2) / (sigma sigma_data)^2 on the denoiser's error, which is sigma
   times the residual), or min-SNR-gamma's min(1, gamma sigma^2) (Hang et al.
@@ -66,7 +66,7 @@ def dsm_loss_given_noise(
 
 # training.noise_distribution: how the loss's diffusion times are drawn.
 NOISE_DISTRIBUTIONS = ("uniform", "log_normal")
-# training.loss_weighting: each example's weight, relative to the seed's std(t)^2.
+# training.loss_weighting: each example's weight, relative to the original project's std(t)^2.
 LOSS_WEIGHTINGS = ("std2", "edm", "min_snr")
 
 
@@ -115,7 +115,7 @@ def draw_training_noise(
 
 
 def loss_weights(sde: SDE, t: jax.Array, recipe: LossRecipe) -> jax.Array | None:
-    """Each example's weight (B,) by the recipe's weighting; None for the seed's (all 1)."""
+    """Each example's weight (B,) by the recipe's weighting; None for `std2` (all 1)."""
     if recipe.weighting == "std2":
         return None
     sigma = sde.noise_level(t)
@@ -125,11 +125,11 @@ def loss_weights(sde: SDE, t: jax.Array, recipe: LossRecipe) -> jax.Array | None
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, key: jax.Array, eps: float) -> jax.Array:
-    """Denoising score matching loss with the seed's weighting lambda(t) = std(t)^2.
+    """Denoising score matching loss with the original project's weighting lambda(t) = std(t)^2.
 
     t ~ U(eps, 1), x_t = alpha(t) x0 + std(t) z, and the loss is
     E || std(t) * score(x_t, t) + z ||^2, summed over pixels and averaged over
-    the batch (the seed's convention). Its minimiser is the score of p(x_t).
+    the batch (the original project's convention). Its minimiser is the score of p(x_t).
 
     Args:
       score_fn: maps (x_t, t) with t of shape (B,) to a score shaped like x_t.

@@ -91,7 +91,7 @@ class SDE:
 
 @dataclasses.dataclass(frozen=True)
 class VESDE(SDE):
-    """The seed's variance-exploding SDE dx = sigma^t dw.
+    """The original project's variance-exploding SDE dx = sigma^t dw.
 
     std(t) = sqrt((sigma^(2t) - 1) / (2 ln sigma)), the integral of g^2 = sigma^(2t).
     """

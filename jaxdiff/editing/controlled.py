@@ -6,7 +6,7 @@
 - Editing (SDEdit, Meng et al. 2022) noises images to time `strength` and runs
   the sampler from there; with a conditional model, toward a prompt.
 - Interpolation encodes two images to noise along the probability-flow ODE
-  (`samplers.probability_flow_encode`), interpolates the noises spherically
+  (`sampling.probability_flow_encode`), interpolates the noises spherically
   and decodes them with `edm` without churn; for a conditional model it can
   also mix two classes' condition embeddings at fixed noise.
 
@@ -30,14 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import parallel, random
 from jaxdiff.core.compiler import jit
 from jaxdiff.core.errors import UserError
 from jaxdiff.data import batches
 from jaxdiff.editing import inputs
 from jaxdiff.experiment import Experiment, create_experiment, decode
-from jaxdiff.generation import sampling_score_fn
-from jaxdiff.sampling import samplers
+from jaxdiff.generation import defining_settings, sampling_score_fn
 
 logger = logging.getLogger("jaxdiff")
 
@@ -86,22 +86,19 @@ def _model_mask(pipeline, masks: np.ndarray) -> np.ndarray:
 
 def _program_settings(sampling_config) -> str:
     """The sampling settings that decide a compiled edit (the labels are an argument)."""
-    settings = json.loads(sampling_config.to_json())
-    for field in ("prompt", "num_samples", "samples_per_class"):
-        settings.pop(field, None)
-    return json.dumps(settings, sort_keys=True)
+    return json.dumps(defining_settings(sampling_config, with_prompt=False), sort_keys=True)
 
 
 def _controlled_fn(pipeline, experiment: Experiment, statics: dict[str, Any]):
     """Jits (params, autoencoder params, source, mask, noise, labels, key data) -> uint8 images.
 
-    The sampler of `experiment` runs with a `samplers.Control` of the given
+    The sampler of `experiment` runs with a `sampling.Control` of the given
     arrays (None where unused) and the static settings in `statics`. Compiled
     once per pipeline and settings.
     """
     config = experiment.config
     cache_key = ("control", _program_settings(config.sampling), json.dumps(statics, sort_keys=True))
-    sampler = samplers.create_sampler(config.sampling)
+    sampler = sampling.create_sampler(config.sampling)
     guidance = config.sampling.guidance_scale if statics["guided"] else 0.0
     mesh = experiment.mesh
 
@@ -110,7 +107,7 @@ def _controlled_fn(pipeline, experiment: Experiment, statics: dict[str, Any]):
         num = like.shape[0]
         sharding = parallel.batch_sharded(mesh) if num % mesh.size == 0 else None
         score_fn = sampling_score_fn(experiment, params, labels, guidance, sharding)
-        control = samplers.Control(
+        control = sampling.Control(
             source=source,
             mask=mask,
             start_time=statics["start_time"],
@@ -176,7 +173,7 @@ def inpaint(
     image_shape = experiment.image_shape
     images = inputs.check_images(images, image_shape)
     masks = inputs.check_masks(mask, len(images), *image_shape[:2])
-    samplers.check_control(
+    sampling.check_control(
         experiment.config.sampling,
         masked=True,
         resample_steps=resample_steps,
@@ -209,7 +206,7 @@ def edit(
     """`Pipeline.edit`: SDEdit from `images` at time `strength`; see there."""
     experiment = pipeline.sampling_experiment(None, _prompt(prompt), sampler, steps, guidance_scale)
     images = inputs.check_images(images, experiment.image_shape)
-    samplers.check_control(experiment.config.sampling, masked=False, start_time=float(strength))
+    sampling.check_control(experiment.config.sampling, masked=False, start_time=float(strength))
     source = _to_model_space(pipeline, images)
     seed = experiment.config.seed if seed is None else seed
     return _run_controlled(
@@ -300,13 +297,13 @@ def encode_to_noise(
     pipeline, experiment: Experiment, images: np.ndarray, labels: np.ndarray | None
 ) -> np.ndarray:
     """uint8 images -> the standard normal draws that `edm` (no churn) decodes back to them."""
-    s = samplers.with_steps(experiment.config.sampling)
+    s = sampling.with_steps(experiment.config.sampling)
     guidance = s.guidance_scale if experiment.prompt_labels else 0.0
     cache_key = ("encode", _program_settings(s), guidance, labels is None)
 
     def run(params, source, labels):
         score_fn = sampling_score_fn(experiment, params, labels, guidance)
-        return samplers.probability_flow_encode(
+        return sampling.probability_flow_encode(
             score_fn,
             experiment.sde,
             source,

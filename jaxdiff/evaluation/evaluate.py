@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdiff import sampling
 from jaxdiff.core import random
 from jaxdiff.core.compiler import jit
 from jaxdiff.core.errors import UserError
@@ -36,8 +37,8 @@ from jaxdiff.diffusion import likelihood
 from jaxdiff.diffusion.preconditioning import make_score_fn
 from jaxdiff.evaluation import metrics
 from jaxdiff.experiment import Experiment
+from jaxdiff.generation import SampleFile, defining_settings
 from jaxdiff.pipeline import Pipeline, load
-from jaxdiff.sampling import samplers
 from jaxdiff.training.classifier import (
     TrainedClassifier,
     load_classifier,
@@ -142,84 +143,59 @@ def classifier_workdir(config: ml_collections.ConfigDict) -> str:
     return config.eval.classifier_workdir or os.path.join("runs", f"classifier_{name}")
 
 
-# Sampling fields the evaluation's samples do not depend on (the evaluation
-# sets the number and the classes itself; the rest are extra outputs).
-_SAMPLING_FIELDS_NOT_IN_SAMPLES = (
-    "num_samples",
-    "prompt",
-    "samples_per_class",
-    "batch_size",
-    "save_individual",
-    "save_trajectory",
-    "trajectory_frames",
-)
-
-
 def _sample_settings(pipeline: Pipeline) -> dict[str, Any]:
-    """What decides the evaluation's samples, beside the index of the call."""
+    """What decides the evaluation's samples, beside the index of the call.
+
+    The evaluation chooses the number and the classes itself; an
+    unconditional model ignores the guidance scale.
+    """
     config = pipeline.config
-    settings = {
+    sampling = defining_settings(config.sampling, with_prompt=False)
+    if not pipeline.experiment.num_classes:
+        sampling.pop("guidance_scale", None)
+    return {
         "step": pipeline.step,
         "seed": config.seed,
         "batch_size": config.eval.batch_size,
-        "sampling": json.loads(samplers.with_steps(config.sampling).to_json()),
+        "sampling": sampling,
     }
-    for field in _SAMPLING_FIELDS_NOT_IN_SAMPLES:
-        settings["sampling"].pop(field, None)
-    if not pipeline.experiment.num_classes:
-        settings["sampling"].pop("guidance_scale", None)
-    return settings
 
 
-def draw_samples(pipeline: Pipeline, directory: str) -> tuple[np.ndarray, np.ndarray]:
+def draw_samples(pipeline: Pipeline, path: str) -> tuple[np.ndarray, np.ndarray]:
     """`eval.num_samples` samples and their classes (-1: unconditional), resumably.
 
-    Call i draws `eval.batch_size` samples with seed `config.seed + 1 + i` (a
-    conditional model: the same number of each class) and saves them as
-    `directory/call_<i>.npz`; calls already saved are read back, so the
-    samples do not depend on interruptions. Reports progress (samples, rate,
-    time left) after each call it draws (`jaxdiff.core.progress`).
+    Call i draws `eval.batch_size` samples with seed `random.eval_call_seed(config.seed, i)`
+    (a conditional model: the same number of each class). The samples drawn so
+    far are kept in `path`, a `generation.SampleFile`, after each call; a rerun
+    reads them back, so the samples do not depend on interruptions. Reports
+    progress (samples, rate, time left) after each call it draws.
     """
     config = pipeline.config
     e = config.eval
     num_classes = pipeline.experiment.num_classes
     num_calls = math.ceil(e.num_samples / e.batch_size)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "settings.json"), "w") as f:
-            json.dump(_sample_settings(pipeline), f, indent=2, sort_keys=True)
-    paths = [os.path.join(directory, f"call_{call:05d}.npz") for call in range(num_calls)]
-    saved = [os.path.exists(path) for path in paths]
-    # The samples each call adds (the last one's extra ones are cut below).
-    counts = [min(e.batch_size, e.num_samples - call * e.batch_size) for call in range(num_calls)]
-    done = sum(count for count, was_saved in zip(counts, saved, strict=True) if was_saved)
+    store = SampleFile(path, _sample_settings(pipeline))
+    saved = store.read()
+    images, labels, first_call = (
+        ([saved[0]], [saved[1]], saved[2]) if saved is not None else ([], [], 0)
+    )
+    done = min(e.num_samples, first_call * e.batch_size)
     progress = Progress(e.num_samples, "samples", "eval", initial=done)
-    images, labels = [], []
     with progress:
-        for call, path in enumerate(paths):
-            if saved[call]:
-                with np.load(path) as saved_call:
-                    images.append(saved_call["images"])
-                    labels.append(saved_call["labels"])
-                continue
+        for call in range(first_call, num_calls):
+            seed = random.eval_call_seed(config.seed, call)
             if num_classes:
                 batch_images, batch_labels = pipeline.sample(
-                    e.batch_size // num_classes,
-                    prompt=list(range(num_classes)),
-                    seed=random.eval_call_seed(config.seed, call),
+                    e.batch_size // num_classes, prompt=list(range(num_classes)), seed=seed
                 )
             else:
-                batch_images, batch_labels = pipeline.sample(
-                    e.batch_size, prompt="", seed=random.eval_call_seed(config.seed, call)
-                )
-            if is_main:
-                with open(path + ".tmp", "wb") as f:
-                    np.savez(f, images=batch_images, labels=batch_labels)
-                os.replace(path + ".tmp", path)
+                batch_images, batch_labels = pipeline.sample(e.batch_size, prompt="", seed=seed)
             images.append(batch_images)
             labels.append(batch_labels)
-            done += counts[call]
+            if is_main:
+                store.write(np.concatenate(images), np.concatenate(labels), call + 1)
+            done = min(e.num_samples, (call + 1) * e.batch_size)
             progress.update(done)
     return (
         np.concatenate(images)[: e.num_samples],
@@ -269,7 +245,7 @@ def record_stem(pipeline: Pipeline, tag: str) -> str:
     sample counts each keep their record and row in results.md.
     """
     config = pipeline.config
-    nfe = samplers.num_function_evals(config.sampling)
+    nfe = sampling.num_function_evals(config.sampling)
     stem = f"{pipeline.step:07d}_{config.sampling.sampler}_{nfe}nfe"
     if pipeline.experiment.num_classes:
         stem += f"_w{config.sampling.guidance_scale:g}"
@@ -312,14 +288,14 @@ def evaluate(
     tag = hashlib.sha1(settings.encode()).hexdigest()[:10]
     directory = os.path.join(pipeline.workdir, EVAL_DIR)
     images, labels = draw_samples(
-        pipeline, os.path.join(directory, f"samples_{pipeline.step:07d}_{tag}")
+        pipeline, os.path.join(directory, f"samples_{pipeline.step:07d}_{tag}.npz")
     )
     sampling_seconds = time.perf_counter() - start
     record: dict[str, Any] = {
         "step": pipeline.step,
         "num_samples": len(images),
         "sampler": config.sampling.sampler,
-        "nfe": samplers.num_function_evals(config.sampling),
+        "nfe": sampling.num_function_evals(config.sampling),
         "guidance_scale": config.sampling.guidance_scale if experiment.num_classes else None,
         "reference_split": e.reference_split,
         "classifier": None,

@@ -11,16 +11,16 @@ import jax.numpy as jnp
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.registry import Registry
 from jaxdiff.models.autoencoder import Autoencoder
-from jaxdiff.models.unet import SeedUNet, UNet
+from jaxdiff.models.unet import SmallUNet, UNet
 
 # The score networks `model.name` chooses. A builder takes (model_config,
 # image_shape, num_classes, dtype) and returns the Linen module; num_classes is 0
 # for an unconditional net. `fields` are the model.* fields it reads.
 NETWORKS = Registry("model.name")
 
-# What every net reads when conditional (create_model checks them), and the seed nets' own.
+# What every net reads when conditional (create_model checks them), and the small nets' own.
 _CONDITIONING_FIELDS = ("conditional", "context_tokens", "context_dim", "ff_mult", "num_heads")
-_SEED_FIELDS = (
+_SMALL_UNET_FIELDS = (
     "channels",
     "embed_dim",
     "fourier_scale",
@@ -30,7 +30,7 @@ _SEED_FIELDS = (
 )
 
 
-def _seed_unet(upsample: str) -> Callable:
+def _small_unet(upsample: str) -> Callable:
     def build(model_config, image_shape, num_classes, dtype):
         c, name = model_config, model_config.name
         channels = tuple(c.channels)
@@ -57,21 +57,26 @@ def _seed_unet(upsample: str) -> Callable:
                 attention_resolutions=tuple(c.attention_resolutions),
                 num_heads=c.num_heads,
             )
-        return SeedUNet(**fields, upsample=upsample, dtype=dtype)
+        return SmallUNet(**fields, upsample=upsample, dtype=dtype)
 
     return build
 
 
-# The seed's net as published (transposed-conv decoder): the MNIST configs' and
-# the benchmark against the PyTorch original.
-NETWORKS.register("seed_unet", fields=_SEED_FIELDS)(_seed_unet("transpose"))
+# The original project's net as published (transposed-conv decoder): the MNIST
+# configs' and the benchmark against the PyTorch original. Runs written before the
+# rename store its former name.
+NETWORKS.register("small_unet", fields=_SMALL_UNET_FIELDS, aliases=("seed_unet",))(
+    _small_unet("transpose")
+)
 # Same parameters; the decoder upsamples by resize + 3x3 conv.
-NETWORKS.register("seed_unet_resize", fields=_SEED_FIELDS)(_seed_unet("resize"))
+NETWORKS.register("small_unet_resize", fields=_SMALL_UNET_FIELDS, aliases=("seed_unet_resize",))(
+    _small_unet("resize")
+)
 
 
 @NETWORKS.register(
     "unet",
-    fields=(*_SEED_FIELDS, "num_res_blocks", "dropout"),
+    fields=(*_SMALL_UNET_FIELDS, "num_res_blocks", "dropout"),
 )
 def _unet(model_config, image_shape, num_classes, dtype):
     c = model_config

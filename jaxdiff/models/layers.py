@@ -46,9 +46,9 @@ class GroupNorm(nn.Module):
 class GaussianFourierProjection(nn.Module):
     """Random Fourier features of t: [sin(2 pi t W), cos(2 pi t W)], W ~ N(0, scale^2).
 
-    W is fixed, not trained (as in the seed). It is a constant of the module, not
-    a parameter, so the optimizer (and its weight decay) never touches it; the
-    fixed seed makes every instance use the same frequencies.
+    W is fixed, not trained (as in the original project). It is a constant of the
+    module, not a parameter, so the optimizer (and its weight decay) never touches
+    it; the fixed seed makes every instance use the same frequencies.
     """
 
     embed_dim: int
@@ -241,7 +241,7 @@ def resize_and_conv(
 
 
 class ConvTranspose(nn.Module):
-    """The seed's transposed convolution (VALID, no bias) to a given output size.
+    """`SmallUNet`'s transposed convolution (VALID, no bias) to a given output size.
 
     Same parameter as `flax.linen.ConvTranspose` ("kernel", (h, w, in, out),
     LeCun-normal), and so the same parameter path and checkpoints; computed by

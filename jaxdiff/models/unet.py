@@ -1,4 +1,4 @@
-"""Score U-Nets: the seed's small net and a residual/attention ("enhanced") net.
+"""Score U-Nets: the original project's small net and a residual/attention ("enhanced") net.
 
 Both map (x_t, t) to a tensor shaped like x_t, which `jaxdiff.diffusion.preconditioning`
 turns into a score. With `num_classes > 0` they are conditional: they also take
@@ -50,8 +50,8 @@ class ConditioningMixin:
         return SpatialTransformer(self.num_heads, self.ff_mult, self.dtype)
 
 
-class SeedUNet(nn.Module, ConditioningMixin):
-    """The seed's MNIST score network, layer for layer.
+class SmallUNet(nn.Module, ConditioningMixin):
+    """The original project's small MNIST score network, layer for layer.
 
     Encoder: 3x3 VALID convs (stride 1, then 2, 2, 2; computed by
     `jaxdiff.ops.strided_conv`) with the time embedding
@@ -95,7 +95,7 @@ class SeedUNet(nn.Module, ConditioningMixin):
     def __call__(
         self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        del train  # The seed net has no dropout.
+        del train  # This net has no dropout.
         temb = TimeEmbedding(self.embed_dim, self.fourier_scale, self.dtype)(t)
         context = self.context(labels, x.shape[0])
         # The levels are methods of this module, so remat keeps their parameter names.

@@ -6,7 +6,7 @@ differentiating the plain form would be slow; the docstrings say why, and
 docs/performance.md what was measured. `jaxdiff.models` builds its layers on
 them and keeps flax's parameters, so checkpoints load either way.
 
-- `conv.py`: the seed net's transposed and strided convolutions, and
+- `conv.py`: the small U-Net's transposed and strided convolutions, and
   nearest-resize-then-conv (2x upsampling as one convolution of the small map);
 - `norm.py`: group normalisation, evaluated in one form and differentiated in
   flax's.

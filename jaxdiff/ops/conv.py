@@ -8,7 +8,7 @@ The `*_conv_general_dilated` functions put them behind
 conv_general_dilated=...)`. Why each form exists is below; the measurements
 are in docs/performance.md and the benchmarks named there.
 
-The seed net's encoder has VALID strided convs and its decoder transposed
+The small U-Net's encoder has VALID strided convs and its decoder transposed
 convs. They are adjoint to each other, and differentiating one gives the
 other; XLA picks slow forms for some of what that produces:
  - the kernel gradient of `lax.conv_transpose` is a convolution of the
@@ -17,10 +17,10 @@ other; XLA picks slow forms for some of what that produces:
    the kernel is visibly reversed, and a kernel gradient to backward-filter
    only when no input is dilated;
  - XLA:CPU runs a transposed conv from a 2x2 map (an input-dilated conv: the
-   seed's deepest level, both as the decoder's first layer and as the input
+   small U-Net's deepest level, both as the decoder's first layer and as the input
    gradient of the encoder's last conv) far below its usual rate, where the
    same work as one matmul and an overlap-add is fast
-   (benchmarks/probes/conv_transpose.py).
+   (docs/design.md).
 So a transposed conv is computed as the adjoint of a strided conv, with the
 adjoint's form chosen per platform (`_conv_adjoint`), and each derivative rule
 is written so that reverse mode (training) transposes it into the forms above
@@ -125,7 +125,7 @@ def _flip(kernel: jax.Array) -> jax.Array:
 def conv_transpose(
     x: jax.Array, kernel: jax.Array, stride: int, output_size: tuple[int, int]
 ) -> jax.Array:
-    """VALID transposed convolution of NHWC `x` to `output_size`, as the seed's layer.
+    """VALID transposed convolution of NHWC `x` to `output_size`, as `SmallUNet`'s layer.
 
     The same function as `flax.linen.ConvTranspose(padding="VALID",
     use_bias=False)` with `kernel` (h, w, in, out), zero-padded at the end to
@@ -169,7 +169,7 @@ def _conv_transpose_jvp(stride, output_size, primals, tangents):
         # XLA:CPU evaluates it slowly from a 2x2 map, where both forms transpose
         # equally fast. From larger maps the transpose of the CPU's overlap-add is
         # the slower one in reverse mode, so training keeps the forward conv there
-        # (benchmarks/probes/conv_transpose.py).
+        # (docs/design.md).
         small = max(x.shape[1:3]) <= _SLOW_DILATED_SIDE
         tangent = _conv_adjoint if small else _transpose_of_conv
         parts.append(tangent(dx, w, stride, out_shape))

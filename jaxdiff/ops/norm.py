@@ -7,7 +7,7 @@ by reducing each channel over its pixels first, combining those means into
 group statistics, and normalising with one multiply-add per element,
 x * multiplier + shift. On the CPU the second form evaluates faster, but
 training steps that differentiated it ran slower than with flax's form
-(benchmarks/probes/group_norm.py; the figures are in docs/performance.md). So
+(docs/design.md; the figures are in docs/performance.md). So
 `group_norm` evaluates the per-channel form and differentiates the grouped
 one: sampling, which only evaluates the networks, gets the fast value, and
 training, which differentiates them, computes what flax's GroupNorm computes.

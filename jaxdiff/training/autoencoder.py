@@ -20,20 +20,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff.core import parallel, random
-from jaxdiff.core.compiler import jit
+from jaxdiff.core import random
 from jaxdiff.core.errors import UserError
 from jaxdiff.core.visualize import image_grid, save_png
 from jaxdiff.data import batches, datasets, streaming
 from jaxdiff.experiment import Experiment, reconstruct
 from jaxdiff.models.autoencoder import kl_divergence
 from jaxdiff.training.checkpoint import Checkpointer
-from jaxdiff.training.loop import (
-    TrainData,
-    apply_update,
-    compile_train_call,
-    run_training,
-)
+from jaxdiff.training.loop import TrainCall, TrainData, apply_update
 from jaxdiff.training.reporting import MetricsLog
 from jaxdiff.training.state import (
     TrainState,
@@ -41,6 +35,7 @@ from jaxdiff.training.state import (
     create_autoencoder_state,
     create_optimizer,
 )
+from jaxdiff.training.trainer import Trainer
 
 logger = logging.getLogger("jaxdiff")
 
@@ -137,97 +132,76 @@ def _abstract_autoencoder_state(experiment: Experiment, tx) -> TrainState:
     )
 
 
+class AutoencoderTrainer(Trainer):
+    """Stage 1 in `workdir/autoencoder/`: skipped once complete, evaluated when it ends.
+
+    Evaluation writes the test split's reconstruction MSE and PSNR to
+    `workdir/autoencoder/metrics.jsonl` and an originals-over-reconstructions
+    grid to `workdir/autoencoder/reconstructions_<step>.png`.
+    """
+
+    name = "autoencoder"
+    group_name = "autoencoder"
+    init_stream = random.Stream.AUTOENCODER_INIT
+    train_stream = random.Stream.AUTOENCODER_TRAINING
+
+    def __init__(
+        self, experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
+    ):
+        super().__init__(experiment.config, experiment.mesh, _autoencoder_dir(workdir))
+        self.experiment = experiment
+        self.images, self.labels = images, labels
+
+    def create_state(self, key: jax.Array) -> TrainState:
+        return create_autoencoder_state(
+            key, self.experiment.autoencoder, self.experiment.image_shape, self.tx
+        )
+
+    def train_call(self) -> TrainCall:
+        return self.compile_steps(autoencoder_step, autoencoder=self.experiment.autoencoder)
+
+    def training_data(self) -> batches.DeviceDataset | streaming.HostStream:
+        return self.place_data(self.images, self.labels, _batch_key, "autoencoder data")
+
+    def resume(self, state: TrainState, checkpoint_dir: str) -> bool:
+        if int(state.step) >= self.group.num_steps:
+            logger.info("Stage 1 (autoencoder) is complete at step %d: skipped", state.step)
+            return False
+        logger.info("Stage 1 (autoencoder): resumed from step %d", state.step)
+        return True
+
+    def evaluate(self, state: TrainState, metrics_log: MetricsLog) -> None:
+        """Test-split reconstruction metrics and grid of the finished autoencoder."""
+        config = self.config
+        test_images, _ = datasets.read_split(config.data, config.autoencoder.eval_split)
+        reconstructions = reconstruct(self.experiment, state.ema_params, test_images)
+        metrics = reconstruction_metrics(test_images, reconstructions)
+        step = int(state.step)
+        metrics_log.write(step, metrics)
+        logger.info(
+            "Autoencoder on %s (%d images): reconstruction MSE %.5f, PSNR %.2f dB",
+            config.autoencoder.eval_split,
+            len(test_images),
+            metrics["test_mse"],
+            metrics["test_psnr"],
+        )
+        if self.is_main:
+            shown = min(16, len(test_images))
+            grid = image_grid(
+                np.concatenate([test_images[:shown], reconstructions[:shown]]), columns=shown
+            )
+            save_png(os.path.join(self.directory, f"reconstructions_{step:07d}.png"), grid)
+
+
 def train_autoencoder(
     experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
 ) -> Any:
     """Stage 1: trains (or resumes, or skips when complete) the autoencoder.
 
-    After training, writes the test split's reconstruction MSE and PSNR to
-    `workdir/autoencoder/metrics.jsonl` and an originals-over-reconstructions
-    grid to `workdir/autoencoder/reconstructions_<step>.png`.
-
     Returns:
       The autoencoder's EMA parameters.
     """
-    config = experiment.config
-    c = config.autoencoder
-    directory = _autoencoder_dir(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(directory, exist_ok=True)
-    tx = create_optimizer(c)
-    checkpointer = Checkpointer(directory, keep=c.keep_checkpoints)
-    abstract = _abstract_autoencoder_state(experiment, tx)
-    try:
-        if checkpointer.latest_step() is not None:
-            state = checkpointer.restore(abstract, set_aside=True)
-            if int(state.step) >= c.num_steps:
-                logger.info("Stage 1 (autoencoder) is complete at step %d: skipped", state.step)
-                return state.ema_params
-            logger.info("Stage 1 (autoencoder): resumed from step %d", state.step)
-        else:
-            state = jit(
-                lambda key: create_autoencoder_state(
-                    key, experiment.autoencoder, experiment.image_shape, tx
-                ),
-                out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
-            )(random.stream(config.seed, random.Stream.AUTOENCODER_INIT))
-        step_fn = functools.partial(
-            autoencoder_step,
-            autoencoder=experiment.autoencoder,
-            tx=tx,
-            config=config,
-            batch_sharding=parallel.batch_sharded(experiment.mesh),
-        )
-        metrics_log = MetricsLog(directory, enabled=is_main, resume_step=int(state.step))
-        try:
-            state = run_training(
-                name="autoencoder",
-                state=state,
-                train_call=compile_train_call(step_fn, c.steps_per_call, experiment.mesh),
-                dataset=streaming.training_data(
-                    images,
-                    labels,
-                    experiment.mesh,
-                    config.data.on_device,
-                    _batch_key,
-                    "autoencoder data",
-                ),
-                key=random.stream(config.seed, random.Stream.AUTOENCODER_TRAINING),
-                group=c,
-                checkpointer=checkpointer,
-                metrics_log=metrics_log,
-                group_name="autoencoder",
-            )
-            _evaluate(experiment, state, directory, metrics_log, is_main)
-        finally:
-            metrics_log.close()
-        return state.ema_params
-    finally:
-        checkpointer.close()
-
-
-def _evaluate(experiment, state, directory, metrics_log, is_main) -> None:
-    """Test-split reconstruction metrics and grid of the finished autoencoder."""
-    config = experiment.config
-    test_images, _ = datasets.read_split(config.data, config.autoencoder.eval_split)
-    reconstructions = reconstruct(experiment, state.ema_params, test_images)
-    metrics = reconstruction_metrics(test_images, reconstructions)
-    step = int(state.step)
-    metrics_log.write(step, metrics)
-    logger.info(
-        "Autoencoder on %s (%d images): reconstruction MSE %.5f, PSNR %.2f dB",
-        config.autoencoder.eval_split,
-        len(test_images),
-        metrics["test_mse"],
-        metrics["test_psnr"],
-    )
-    if is_main:
-        shown = min(16, len(test_images))
-        grid = image_grid(
-            np.concatenate([test_images[:shown], reconstructions[:shown]]), columns=shown
-        )
-        save_png(os.path.join(directory, f"reconstructions_{step:07d}.png"), grid)
+    return AutoencoderTrainer(experiment, workdir, images, labels).train().ema_params
 
 
 def load_autoencoder(experiment: Experiment, workdir: str) -> tuple[Any, float]:

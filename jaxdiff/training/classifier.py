@@ -27,15 +27,11 @@ from jaxdiff.data import batches, datasets, streaming
 from jaxdiff.experiment import check_optimization
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.training.checkpoint import Checkpointer
-from jaxdiff.training.loop import (
-    TrainData,
-    apply_update,
-    compile_train_call,
-    run_training,
-)
+from jaxdiff.training.loop import TrainCall, TrainData, apply_update
 from jaxdiff.training.loss_curve import write_loss_curves
 from jaxdiff.training.reporting import MetricsLog
 from jaxdiff.training.state import TrainState, abstract_state, create_optimizer, init_state
+from jaxdiff.training.trainer import Trainer
 from jaxdiff.training.workdir import read_config, training_workdir
 
 logger = logging.getLogger("jaxdiff")
@@ -162,63 +158,54 @@ def train_classifier(
     model, mesh = check_classifier_config(config)
     images, labels = datasets.read_split(config.data, config.data.train_split)
     with training_workdir(config, workdir, allow_config_change) as workdir:
-        return _train(config, model, mesh, workdir, images, labels)
+        return ClassifierTrainer(config, model, mesh, workdir, images, labels).train()
 
 
-def _train(config, model, mesh, workdir, images, labels) -> TrainState:
-    c = config.classifier
-    is_main = jax.process_index() == 0
-    tx = create_optimizer(c)
-    image_shape = images.shape[1:]
-    abstract = abstract_state(
-        functools.partial(_create_state, jax.random.key(0), model, image_shape, tx), mesh
-    )
-    checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
-    metrics_log = None
-    try:
-        if checkpointer.latest_step() is not None:
-            state = checkpointer.restore(abstract, set_aside=True)
-            logger.info("Classifier: resumed from step %d", int(state.step))
-        else:
-            state = jit(
-                lambda key: _create_state(key, model, image_shape, tx),
-                out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
-            )(random.stream(config.seed, random.Stream.CLASSIFIER_INIT))
-        step_fn = functools.partial(
-            classifier_step,
-            model=model,
-            tx=tx,
-            config=config,
-            batch_sharding=parallel.batch_sharded(mesh),
-        )
-        metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=int(state.step))
-        state = run_training(
-            name="classifier",
-            state=state,
-            train_call=compile_train_call(step_fn, c.steps_per_call, mesh),
-            dataset=streaming.training_data(
-                images, labels, mesh, config.data.on_device, _batch_key, "classifier data"
-            ),
-            key=random.stream(config.seed, random.Stream.CLASSIFIER_TRAINING),
-            group=c,
-            checkpointer=checkpointer,
-            metrics_log=metrics_log,
-            on_checkpoint=lambda step, state: (
-                write_loss_curves(workdir, "classifier") if is_main else None
-            ),
-            group_name="classifier",
-        )
-        trained = TrainedClassifier(config, model, state.ema_params, workdir, int(state.step))
-        accuracy, count = trained.accuracy(c.eval_split)
-        metrics_log.write(int(state.step), {"accuracy": accuracy})
-        logger.info(
-            "Classifier on %s (%d images): accuracy %.2f%%", c.eval_split, count, 100 * accuracy
-        )
-    finally:
-        checkpointer.close()
-        if metrics_log is not None:
-            metrics_log.close()
-    return state
+class ClassifierTrainer(Trainer):
+    """The feature classifier's training in its workdir, then its accuracy on `eval_split`."""
+
+    name = "classifier"
+    group_name = "classifier"
+    init_stream = random.Stream.CLASSIFIER_INIT
+    train_stream = random.Stream.CLASSIFIER_TRAINING
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model: Classifier,
+        mesh: jax.sharding.Mesh,
+        workdir: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+    ):
+        super().__init__(config, mesh, workdir)
+        self.model = model
+        self.images, self.labels = images, labels
+
+    def create_state(self, key: jax.Array) -> TrainState:
+        return _create_state(key, self.model, self.images.shape[1:], self.tx)
+
+    def train_call(self) -> TrainCall:
+        return self.compile_steps(classifier_step, model=self.model)
+
+    def training_data(self) -> batches.DeviceDataset | streaming.HostStream:
+        return self.place_data(self.images, self.labels, _batch_key, "classifier data")
+
+    def resume(self, state: TrainState, checkpoint_dir: str) -> bool:
+        logger.info("Classifier: resumed from step %d", int(state.step))
+        return True
+
+    def on_checkpoint(self, step: int, state: TrainState, metrics_log: MetricsLog) -> None:
+        if self.is_main:
+            write_loss_curves(self.directory, "classifier")
+
+    def evaluate(self, state: TrainState, metrics_log: MetricsLog) -> None:
+        """Writes the accuracy on `classifier.eval_split` as the last metrics record."""
+        split, step = self.group.eval_split, int(state.step)
+        trained = TrainedClassifier(self.config, self.model, state.ema_params, self.directory, step)
+        accuracy, count = trained.accuracy(split)
+        metrics_log.write(step, {"accuracy": accuracy})
+        logger.info("Classifier on %s (%d images): accuracy %.2f%%", split, count, 100 * accuracy)
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
-"""The training loop shared by every trained model: score model and autoencoder.
+"""The training loop shared by every trained model: score model, autoencoder, classifier.
 
 A model brings its own pure step (loss, gradients, then `apply_update`);
 `compile_train_call` jits several steps as one call and `run_training` drives
 the calls: logging, throughput, non-finite losses, checkpoints and callbacks.
+`trainer.Trainer` sets the loop up around them.
 """
 
 import itertools
@@ -110,8 +111,8 @@ def run_training(
 ) -> TrainState:
     """Calls `train_call` until `group.num_steps`, logging, checkpointing and calling back.
 
-    The loop of every trained model (score model, autoencoder). `group` is its
-    optimisation config (`group_name`: training, autoencoder): num_steps, batch_size,
+    The loop of every trained model (see `trainer.Trainer`). `group` is its optimisation
+    config (`group_name`: training, autoencoder, classifier): num_steps, batch_size,
     steps_per_call, log_every, checkpoint_every, on_nonfinite and the
     learning-rate schedule.
 

@@ -29,22 +29,16 @@ from jaxdiff.diffusion.sde import SDE
 from jaxdiff.experiment import Experiment, create_experiment, encode_images
 from jaxdiff.models import count_params
 from jaxdiff.training import autoencoder
-from jaxdiff.training.checkpoint import Checkpointer
-from jaxdiff.training.loop import (
-    TrainCall,
-    TrainData,
-    apply_update,
-    compile_train_call,
-    run_training,
-)
+from jaxdiff.training.loop import TrainCall, TrainData, apply_update, compile_train_call
 from jaxdiff.training.loss_curve import write_loss_curves
 from jaxdiff.training.reporting import MetricsLog
 from jaxdiff.training.state import (
     TrainState,
-    abstract_train_state,
     create_optimizer,
     create_replicated_train_state,
+    create_train_state,
 )
+from jaxdiff.training.trainer import Trainer
 from jaxdiff.training.workdir import training_workdir
 
 logger = logging.getLogger("jaxdiff")
@@ -109,8 +103,9 @@ def train_step(
         config=config,
         batch_sharding=batch_sharding,
     )
-    t = config.training
-    return apply_update(state, grads, tx, t.ema_decay, t.on_nonfinite == "skip"), {
+    training = config.training
+    skip_nonfinite = training.on_nonfinite == "skip"
+    return apply_update(state, grads, tx, training.ema_decay, skip_nonfinite), {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
     }
@@ -242,8 +237,8 @@ def create_train_setup(
 ) -> TrainSetup:
     """The experiment, optimizer and train call a config trains with.
 
-    `train_and_evaluate` builds the same; benchmarks, memory reports and
-    notebooks that time or inspect a train call start here. `python_loop`:
+    `train_and_evaluate` trains with it; benchmarks, memory reports and
+    notebooks that time or inspect a train call start here too. `python_loop`:
     see `compile_train_call`.
     """
     experiment = create_experiment(config)
@@ -274,82 +269,96 @@ def train_and_evaluate(
     Returns:
       The final train state of the score model.
     """
-    experiment = create_experiment(config)
-    config = experiment.config  # With automatic values resolved.
+    setup = create_train_setup(config)
+    config = setup.experiment.config  # With automatic values resolved.
     images, labels = datasets.read_split(config.data, config.data.train_split)
     with training_workdir(config, workdir, allow_config_change) as workdir:
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        return _train(experiment, workdir, images, labels)
+        return _train(setup, workdir, images, labels)
 
 
-def _train(
-    experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
-) -> TrainState:
+def _train(setup: TrainSetup, workdir: str, images: np.ndarray, labels: np.ndarray) -> TrainState:
     """The body of `train_and_evaluate`, once the workdir is locked and checked."""
+    experiment = setup.experiment
     config = experiment.config
-    t = config.training
-    is_main = jax.process_index() == 0
-    train_key = random.stream(config.seed, random.Stream.SCORE_TRAINING)
-    init_key = random.stream(config.seed, random.Stream.SCORE_INIT)
     autoencoder_params, latent_scale = None, None
     if experiment.autoencoder is not None:
         autoencoder_params = autoencoder.train_autoencoder(experiment, workdir, images, labels)
         latents = encode_images(experiment, autoencoder_params, images)
+        is_main = jax.process_index() == 0
         latent_scale = autoencoder.save_latent_scale(workdir, latents, is_main)
         images = latents * latent_scale
     dataset = streaming.training_data(
         images, labels, experiment.mesh, config.data.on_device, random.score_batch_key
     )
+    return ScoreTrainer(setup, workdir, dataset, autoencoder_params, latent_scale).train()
 
-    tx = create_optimizer(t)
-    checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints)
-    metrics_log = None
-    try:
-        abstract_state = abstract_train_state(experiment, tx)
-        if checkpointer.latest_step() is not None:
-            state = checkpointer.restore(abstract_state, set_aside=True)
-            logger.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
-        else:
-            state = create_replicated_train_state(init_key, experiment, tx)
+
+class ScoreTrainer(Trainer):
+    """The score model's training in the workdir, on pixels or on scaled latents.
+
+    At each checkpoint it writes `loss.png` and, with
+    `training.sample_at_checkpoints`, a sample grid drawn with the EMA parameters.
+    """
+
+    name = "score model"
+    group_name = "training"
+    init_stream = random.Stream.SCORE_INIT
+    train_stream = random.Stream.SCORE_TRAINING
+
+    def __init__(
+        self,
+        setup: TrainSetup,
+        workdir: str,
+        dataset: batches.DeviceDataset | streaming.HostStream,
+        autoencoder_params: Any = None,
+        latent_scale: float | None = None,
+    ):
+        """`dataset`: images, or latents times `latent_scale` with the autoencoder's params."""
+        experiment = setup.experiment
+        super().__init__(experiment.config, experiment.mesh, workdir, setup.tx)
+        self.setup, self.experiment = setup, experiment
+        self.dataset = dataset
+        self.autoencoder_params = autoencoder_params
+        self.latent_scale = latent_scale
+        self.draw_samples = generation.make_sample_fn(experiment, latent_scale)
+
+    def create_state(self, key: jax.Array) -> TrainState:
+        experiment = self.experiment
+        return create_train_state(key, experiment.model, experiment.data_shape, self.tx)
+
+    def train_call(self) -> TrainCall:
+        return self.setup.train_call
+
+    def training_data(self) -> batches.DeviceDataset | streaming.HostStream:
+        return self.dataset
+
+    def resume(self, state: TrainState, checkpoint_dir: str) -> bool:
+        logger.info("Resumed from step %d of %s", int(state.step), checkpoint_dir)
+        return True
+
+    def on_start(
+        self, state: TrainState, dataset: batches.DeviceDataset | streaming.HostStream
+    ) -> None:
+        experiment = self.experiment
         logger.info(
             "%s: %s with %s parameters, %d training %s of shape %s, %d device(s)",
-            config.data.dataset,
-            config.model.name,
+            self.config.data.dataset,
+            self.config.model.name,
             f"{count_params(state.params):,}",
             dataset.num_examples,
-            "latents" if latent_scale else "images",
+            "latents" if self.latent_scale else "images",
             experiment.data_shape,
             experiment.mesh.size,
         )
 
-        train_call = make_train_call(experiment.model, experiment.sde, tx, config, experiment.mesh)
-        draw_samples = generation.make_sample_fn(experiment, latent_scale)
-        # Records past the checkpoint (logged by a run that was then killed) are dropped.
-        metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=int(state.step))
-
-        def on_checkpoint(step, state):
-            if is_main:
-                write_loss_curves(workdir)
-            if t.sample_at_checkpoints:
-                samples = draw_samples(state.ema_params, autoencoder_params)
-                grid = generation.save_grid(samples, experiment, workdir, step, is_main)
-                metrics_log.write_image(step, "samples", grid)
-
-        state = run_training(
-            name="score model",
-            state=state,
-            train_call=train_call,
-            dataset=dataset,
-            key=train_key,
-            group=t,
-            checkpointer=checkpointer,
-            metrics_log=metrics_log,
-            on_checkpoint=on_checkpoint,
-        )
-    finally:
-        # Also on errors and stops: checkpoint saves in flight complete, metrics are flushed.
-        checkpointer.close()
-        if metrics_log is not None:
-            metrics_log.close()
-    return state
+    def on_checkpoint(self, step: int, state: TrainState, metrics_log: MetricsLog) -> None:
+        if self.is_main:
+            write_loss_curves(self.directory)
+        if self.group.sample_at_checkpoints:
+            samples = self.draw_samples(state.ema_params, self.autoencoder_params)
+            grid = generation.save_grid(
+                samples, self.experiment, self.directory, step, self.is_main
+            )
+            metrics_log.write_image(step, "samples", grid)

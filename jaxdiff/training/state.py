@@ -105,16 +105,24 @@ def abstract_train_state(experiment: Experiment, tx: optax.GradientTransformatio
     )
 
 
-def create_replicated_train_state(
-    key: jax.Array, experiment: Experiment, tx: optax.GradientTransformation
+def create_replicated_state(
+    create: Callable[[jax.Array], TrainState], key: jax.Array, mesh: jax.sharding.Mesh
 ) -> TrainState:
-    """`create_train_state` for the experiment's model, replicated over its mesh.
+    """`create(key)`, made under `jax.jit` and replicated over `mesh`.
 
     Placed as the train call returns it, so that the call compiled for the
     first step is the one every later step reuses; a state created outside
     `jax.jit` has another sharding, and the second call would compile again.
     """
-    return jit(
+    return jit(create, out_shardings=parallel.replicated(mesh))(key)
+
+
+def create_replicated_train_state(
+    key: jax.Array, experiment: Experiment, tx: optax.GradientTransformation
+) -> TrainState:
+    """`create_train_state` for the experiment's model, replicated over its mesh."""
+    return create_replicated_state(
         lambda key: create_train_state(key, experiment.model, experiment.data_shape, tx),
-        out_shardings=parallel.replicated(experiment.mesh),
-    )(key)
+        key,
+        experiment.mesh,
+    )

@@ -20,6 +20,7 @@ import ml_collections
 from jaxdiff.configs import default
 from jaxdiff.core import preemption
 from jaxdiff.core.errors import UserError
+from jaxdiff.models import NETWORKS
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -134,6 +135,11 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
     now = _flatten(config_as_dict(config))
+    # A network's former name (an alias, as runs written before a rename store it)
+    # is the same network.
+    for fields in (before, now):
+        if "model.name" in fields:
+            fields["model.name"] = NETWORKS.canonical(fields["model.name"])
     unused = UNUSED_BY_TASK.get(config.get("task", "diffusion"), ())
     defaults = None
     changes = []

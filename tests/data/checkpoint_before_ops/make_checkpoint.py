@@ -60,17 +60,24 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields | overrides)
 
 
-# name: (model config overrides, image shape, classes). Small widths. The seed
-# nets' 28x28 images reach their 2x2 level (where their convolutions take CPU
-# forms) and their first GroupNorm has groups of 2 channels; the U-Nets' 14x14
-# images give an exact 2x upsampling (7 -> 14) and an inexact one (4 -> 7), and
-# their decoders' 12-channel concatenations groups of 3 channels.
-SEED = dict(name="seed_unet", channels=(8, 8, 8, 8), embed_dim=8)
+# name: (model config overrides, image shape, classes). Small widths. The small
+# U-Nets' 28x28 images reach their 2x2 level (where their convolutions take CPU
+# forms) and their first GroupNorm has groups of 2 channels; the residual U-Nets'
+# 14x14 images give an exact 2x upsampling (7 -> 14) and an inexact one (4 -> 7),
+# and their decoders' 12-channel concatenations groups of 3 channels. The small
+# U-Nets go by their former model.name, seed_unet(_resize), which is also their
+# name in checkpoint.npz: the current code takes it as an alias, and the code
+# that wrote the file knew no other.
+SMALL_UNET = dict(name="seed_unet", channels=(8, 8, 8, 8), embed_dim=8)
 CONDITIONAL = dict(conditional=True, num_heads=2)
 NETWORKS = {
-    "seed_unet": (dict(SEED, channels=(8, 16, 16, 16)), (28, 28, 1), 0),
-    "seed_unet_resize": (dict(SEED, name="seed_unet_resize"), (28, 28, 1), 0),
-    "seed_unet_cond": (dict(SEED, attention_resolutions=(5, 2), **CONDITIONAL), (28, 28, 1), 10),
+    "seed_unet": (dict(SMALL_UNET, channels=(8, 16, 16, 16)), (28, 28, 1), 0),
+    "seed_unet_resize": (dict(SMALL_UNET, name="seed_unet_resize"), (28, 28, 1), 0),
+    "seed_unet_cond": (
+        dict(SMALL_UNET, attention_resolutions=(5, 2), **CONDITIONAL),
+        (28, 28, 1),
+        10,
+    ),
     "unet": (dict(), (14, 14, 3), 0),
     "unet_cond": (CONDITIONAL, (14, 14, 1), 10),
 }
