@@ -14,6 +14,19 @@ from jaxdiff.core.host_memory import keep_freed_memory
 # before any test starts JAX (the setting needs that).
 keep_freed_memory()
 
+# The tests' networks are tiny, so compiling them is most of the suite's time, and
+# LLVM's optimisation of the generated code is most of a compile. The tests run at
+# LLVM level 0, which about halves it (XLA's own passes, which decide what is
+# computed, are unchanged); users' runs keep XLA's default. Subprocesses inherit it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess on `devices` fake CPU devices, with the tests' own flags."""
+    return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Small real subsets of the three datasets, in their original distribution formats.
 TEST_DATA = ROOT / "tests" / "data"
@@ -85,7 +98,7 @@ def run_script_on_devices(script: str, devices: int, timeout: int = 600) -> dict
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, xla_flags
 
 # End-to-end: main.py processes and real runs (not in the fast tier).
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ CASES = {
     ),
     "batch not divisible": (
         ["--config.training.batch_size=12"],
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        {"XLA_FLAGS": xla_flags(8)},
         ["batch_size=12", "8 devices"],
     ),
     "negative steps": (["--config.training.num_steps=-5"], {}, ["num_steps", ">= 0"]),

@@ -12,6 +12,7 @@ from jaxdiff.core.errors import UserError
 from jaxdiff.evaluation import metrics
 from jaxdiff.evaluation.evaluate import (
     RECORD_KEYS,
+    draw_samples,
     evaluate,
     read_records,
     results_table,
@@ -102,8 +103,10 @@ def test_eval_writes_every_metric_and_they_agree_with_the_metric_functions(
 
     # The same numbers from the saved samples and the metric functions directly.
     classifier = load_classifier(str(tiny_classifier[1]))
-    (sample_dir,) = [d for d in (workdir / "eval").iterdir() if d.name.startswith("samples_")]
-    images = np.concatenate([np.load(sample_dir / f"call_{i:05d}.npz")["images"] for i in range(2)])
+    (sample_file,) = (workdir / "eval").glob("samples_*.npz")
+    with np.load(sample_file) as samples:  # Two calls of 10, kept in one file.
+        assert int(samples["batches"]) == 2
+        images = samples["images"]
     _, features = classifier.outputs(images)
     _, test_features = classifier.outputs(_split("test[:100]"))
     _, train_features = classifier.outputs(_split("train[:256]"))
@@ -145,10 +148,10 @@ def test_conditional_eval_measures_how_often_samples_are_of_the_requested_class(
     saved = json.loads(path.read_text())
     assert saved["guidance_scale"] == 1.0
     # Two calls of 10: one sample of each class per call, so two per class.
-    (sample_dir,) = [d for d in (workdir / "eval").iterdir() if d.name.startswith("samples_")]
-    labels = np.concatenate([np.load(sample_dir / f"call_{i:05d}.npz")["labels"] for i in range(2)])
+    (sample_file,) = (workdir / "eval").glob("samples_*.npz")
+    with np.load(sample_file) as samples:
+        labels, images = samples["labels"], samples["images"]
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, 2))
-    images = np.concatenate([np.load(sample_dir / f"call_{i:05d}.npz")["images"] for i in range(2)])
     predicted = load_classifier(str(tiny_classifier[1])).predict(images)
     assert saved["cond_accuracy"] == pytest.approx(np.mean(predicted == labels))
     per_class = saved["cond_accuracy_per_class"]
@@ -210,3 +213,51 @@ def test_resuming_ignores_fields_added_since_at_their_defaults_and_other_tasks_g
     classifier_config.classifier.label_smoothing = 0.2
     changes = config_changes(classifier_config, str(tmp_path))
     assert [c[0] for c in changes] == ["classifier.label_smoothing"]
+
+
+class _CountingPipeline:
+    """Stands in for a Pipeline: images that encode their seed, and a count of sampler calls."""
+
+    def __init__(self, num_classes: int = 0, fail_at_call: int | None = None):
+        self.config = get_config("mnist_cond" if num_classes else "mnist")
+        self.config.eval.num_samples, self.config.eval.batch_size = 25, 10
+        self.experiment = type("Experiment", (), {"num_classes": num_classes})()
+        self.step, self.calls, self.fail_at_call = 7, 0, fail_at_call
+
+    def sample(self, num, prompt, seed):
+        if self.calls == self.fail_at_call:
+            raise KeyboardInterrupt  # An interruption between two calls.
+        self.calls += 1
+        classes = len(prompt) if isinstance(prompt, list) else 1
+        images = np.full((num * classes, 2, 2, 1), seed, np.uint8)
+        labels = np.repeat(prompt if classes > 1 else [-1], num).astype(np.int32)
+        return images, labels
+
+
+def test_eval_samples_resume_after_an_interruption_and_equal_an_uninterrupted_draw(tmp_path):
+    whole = draw_samples(_CountingPipeline(), str(tmp_path / "whole.npz"))
+    seed = get_config("mnist").seed
+    # Three calls of 10 (the last cut to 5), each with the seed of its index.
+    assert [int(v) for v in whole[0][::10, 0, 0, 0]] == [seed + 1, seed + 2, seed + 3]
+    assert len(whole[0]) == 25 and (whole[1] == -1).all()
+
+    path = str(tmp_path / "interrupted.npz")
+    with pytest.raises(KeyboardInterrupt):
+        draw_samples(_CountingPipeline(fail_at_call=2), path)
+    resumed = _CountingPipeline()
+    again = draw_samples(resumed, path)
+    assert resumed.calls == 1  # Only the call that was missing.
+    np.testing.assert_array_equal(again[0], whole[0])
+    np.testing.assert_array_equal(again[1], whole[1])
+
+    # Other settings (here another seed) do not reuse the file.
+    other = _CountingPipeline()
+    other.config.seed += 1
+    draw_samples(other, path)
+    assert other.calls == 3
+
+
+def test_conditional_eval_samples_draw_every_class_per_call(tmp_path):
+    images, labels = draw_samples(_CountingPipeline(num_classes=10), str(tmp_path / "s.npz"))
+    assert len(images) == 25
+    np.testing.assert_array_equal(labels[:20], np.tile(np.repeat(np.arange(10), 1), 2))

@@ -27,7 +27,7 @@ from jaxdiff.data import tfds_reader
 from jaxdiff.training.score import train_and_evaluate
 from jaxdiff.training.workdir import WorkdirLock
 
-from .conftest import ROOT, cli_flags, tiny_overrides
+from .conftest import ROOT, cli_flags, tiny_overrides, xla_flags
 from .test_cli import assert_one_line_error, run_main, snapshot
 
 # End-to-end: main.py processes and real runs (not in the fast tier).
@@ -360,7 +360,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path, cache_e
             env=dict(
                 os.environ,
                 **cache_env,
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                XLA_FLAGS=xla_flags(devices),
             ),
         )
 
