@@ -22,6 +22,11 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 
+# For the few tests whose time goes to running, not compiling (samplers over hundreds
+# of steps on thousands of draws): the default LLVM level for that one program.
+RUN_OPTIMIZED = {"xla_backend_optimization_level": 3}
+
+
 def xla_flags(devices: int) -> str:
     """XLA_FLAGS for a subprocess on `devices` fake CPU devices, with the tests' own flags."""
     return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"

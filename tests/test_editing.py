@@ -23,6 +23,8 @@ from jaxdiff.sampling import (
 )
 from tests.test_samplers import MU, S, analytic_score, sampling_config
 
+from .conftest import RUN_OPTIMIZED
+
 SDES = {"ve": VESDE(), "vp": VPSDE()}
 EDM_CHURN = dict(sampler="edm", s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
 
@@ -82,7 +84,10 @@ def inpaint_gaussian(sde, overrides, resample_steps, num=4000):
         resample_steps=resample_steps,
     )
     sampler = create_sampler(sampling_config(**overrides))
-    draw = jax.jit(lambda key: sampler(key, gaussian_image_score(sde), sde, shape, control=control))
+    draw = jax.jit(
+        lambda key: sampler(key, gaussian_image_score(sde), sde, shape, control=control),
+        compiler_options=RUN_OPTIMIZED,
+    )
     filled = np.asarray(draw(jax.random.key(0))).reshape(num, 4)[:, KEEP == 0]
     return filled.mean(0), np.cov(filled.T)
 
@@ -123,7 +128,11 @@ def test_sdedit_follows_the_probability_flow_from_the_noised_source(sde_name, st
     # discretisation; tests/test_samplers.py pins the update rule itself).
     sampler = create_sampler(sampling_config(sampler="edm", num_steps=40))
     control = Control(source=jnp.full(shape, c), start_time=strength)
-    out = np.asarray(sampler(jax.random.key(1), analytic_score(sde), sde, shape, control=control))
+    draw = jax.jit(
+        lambda key: sampler(key, analytic_score(sde), sde, shape, control=control),
+        compiler_options=RUN_OPTIMIZED,
+    )
+    out = np.asarray(draw(jax.random.key(1)))
     sigma = float(sde.noise_level(jnp.float32(strength)))
     gain = S / np.sqrt(S**2 + sigma**2)
     np.testing.assert_allclose(out.mean(), MU + (c - MU) * gain, atol=0.01)

@@ -17,6 +17,8 @@ from jaxdiff.diffusion.conditioning import guided_score_fn
 from jaxdiff.diffusion.sde import VESDE, VPSDE, SubVPSDE
 from jaxdiff.sampling import create_sampler, noise_levels, num_function_evals
 
+from .conftest import RUN_OPTIMIZED
+
 MU, S = 0.5, 0.2
 # Tolerances: 3% of the mean, 5% of the std. The VE prior N(0, std(1)^2) ignores
 # the data mean, which alone costs MU * S / std(1) ~ 0.01 (see the ODE result).
@@ -68,9 +70,10 @@ def test_sampler_reproduces_gaussian_data(sde_name, sampler_name):
     sde = SDES[sde_name]
     sampler = create_sampler(sampling_config(**SAMPLERS[sampler_name]))
     # 784 dims as in MNIST: the corrector's step size uses per-example norms.
-    x = jax.jit(lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)))(
-        jax.random.key(0)
-    )
+    x = jax.jit(
+        lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)),
+        compiler_options=RUN_OPTIMIZED,
+    )(jax.random.key(0))
     assert abs(float(x.mean()) - MU) < MEAN_TOL
     assert abs(float(x.std()) - S) < STD_TOL
 
@@ -224,9 +227,10 @@ def test_noise_level_samplers_reproduce_gaussian_data(sde_name, overrides, std_t
     sde = SDES[sde_name]
     config = sampling_config(**{**NOISE_DEFAULTS, **overrides})
     sampler = create_sampler(config)
-    x = jax.jit(lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)))(
-        jax.random.key(0)
-    )
+    x = jax.jit(
+        lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)),
+        compiler_options=RUN_OPTIMIZED,
+    )(jax.random.key(0))
     assert abs(float(x.mean()) - MU) < MEAN_TOL
     assert abs(float(x.std()) / S - 1) < std_tol
 
@@ -262,9 +266,10 @@ def test_the_ode_sampler_ends_denoised():
     sde = SDES["ve"]
     eps = 0.1  # std(eps) = 0.19, about S: a leftover of noise would show plainly.
     sampler = create_sampler(sampling_config(sampler="ode", num_steps=100, eps=eps))
-    x = jax.jit(lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)))(
-        jax.random.key(0)
-    )
+    x = jax.jit(
+        lambda key: sampler(key, analytic_score(sde), sde, (256, 28, 28, 1)),
+        compiler_options=RUN_OPTIMIZED,
+    )(jax.random.key(0))
     std_eps = float(sde.marginal_std(jnp.float32(eps)))
     # The denoised estimate E[x_0 | x_eps] has std S^2 / sqrt(S^2 + std(eps)^2), below S.
     expected = S**2 / np.sqrt(S**2 + std_eps**2)
