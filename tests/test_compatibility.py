@@ -42,6 +42,7 @@ def test_a_run_written_before_samples_the_same_images(old_run):
         np.testing.assert_array_equal(labels, saved["labels"])
 
 
+@pytest.mark.slow  # it trains: the full suite's, not the fast tier's
 def test_a_run_written_before_resumes(old_run):
     config = jaxdiff.read_config(str(old_run))
     config.training.num_steps = 4

@@ -92,6 +92,7 @@ def inpaint_gaussian(sde, overrides, resample_steps, num=4000):
     return filled.mean(0), np.cov(filled.T)
 
 
+@pytest.mark.slow  # 4,000 draws with RePaint's resampling, ~20 s each: not the fast tier's
 @pytest.mark.parametrize(
     "sde_name, overrides",
     [

@@ -97,6 +97,7 @@ def grads_for(config, params, model, loss_key):
     return fn(params, loss_key)
 
 
+@pytest.mark.slow  # real networks' gradients, ~20 s on 2 cores: not the fast tier's
 def test_accumulated_gradient_is_the_big_batch_gradient():
     # The conditional net: its labels are split into the micro-batches too.
     config = tiny_config(conditional=True)
@@ -117,6 +118,7 @@ def test_accumulated_gradient_is_the_big_batch_gradient():
         assert_trees_close(other_grads, grads)
 
 
+@pytest.mark.slow  # real train steps, ~10 s: the full suite's, not the fast tier's
 def test_train_step_with_accumulation_gives_the_big_batch_step_and_metrics():
     config = tiny_config()
     experiment = create_experiment(config)
@@ -238,6 +240,7 @@ REMAT_CASES = {
 }
 
 
+@pytest.mark.slow  # two networks' gradients each, ~15-20 s: the full suite's, not the fast tier's
 @pytest.mark.parametrize("case", list(REMAT_CASES))
 def test_remat_keeps_parameters_loss_and_gradients(case):
     conditional, overrides = REMAT_CASES[case]
