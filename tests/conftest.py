@@ -247,12 +247,7 @@ def tiny_classifier(tmp_path_factory):
 _END_TO_END_FIXTURES = {"tiny_run", "tiny_cond_run", "tiny_latent_run", "tiny_classifier"}
 
 
-# The longest test file: started first, so that no worker is left running it alone at the end.
-_LONGEST_FIRST = "test_docs.py"
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.path.name != _LONGEST_FIRST)
