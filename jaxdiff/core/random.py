@@ -78,3 +78,8 @@ def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     batch, other = jax.random.split(jax.random.fold_in(key, step))
     return batch, other
+
+
+def step_batch_key(key: jax.Array, step: jax.Array) -> jax.Array:
+    """The batch half of `step_keys`: what streaming draws the same batches with."""
+    return step_keys(key, step)[0]

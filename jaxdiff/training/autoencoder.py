@@ -56,10 +56,6 @@ def autoencoder_loss(
     return loss
 
 
-def _batch_key(key: jax.Array, step: jax.Array) -> jax.Array:
-    return random.step_keys(key, step)[0]
-
-
 def autoencoder_step(
     state: TrainState,
     key: jax.Array,
@@ -161,7 +157,7 @@ class AutoencoderTrainer(Trainer):
         return self.compile_steps(autoencoder_step, autoencoder=self.experiment.autoencoder)
 
     def training_data(self) -> batches.DeviceDataset | streaming.HostStream:
-        return self.place_data(self.images, self.labels, _batch_key, "autoencoder data")
+        return self.place_data(self.images, self.labels, random.step_batch_key, "autoencoder data")
 
     def resume(self, state: TrainState, checkpoint_dir: str) -> bool:
         if int(state.step) >= self.group.num_steps:

@@ -94,10 +94,6 @@ def random_translate(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
     return jax.vmap(crop)(padded, offsets)
 
 
-def _batch_key(key: jax.Array, step: jax.Array) -> jax.Array:
-    return random.step_keys(key, step)[0]
-
-
 def classifier_step(
     state: TrainState,
     key: jax.Array,
@@ -189,7 +185,7 @@ class ClassifierTrainer(Trainer):
         return self.compile_steps(classifier_step, model=self.model)
 
     def training_data(self) -> batches.DeviceDataset | streaming.HostStream:
-        return self.place_data(self.images, self.labels, _batch_key, "classifier data")
+        return self.place_data(self.images, self.labels, random.step_batch_key, "classifier data")
 
     def resume(self, state: TrainState, checkpoint_dir: str) -> bool:
         logger.info("Classifier: resumed from step %d", int(state.step))
