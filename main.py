@@ -1,12 +1,15 @@
 """jaxdiff command line: train a score model, sample from it, evaluate it.
 
     python main.py --config=configs/mnist.py --workdir=runs/mnist
-    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample
+    python main.py --workdir=runs/mnist --mode=sample
     python main.py --config=configs/classifier_mnist.py --workdir=runs/classifier_mnist
-    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=eval
-    python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=sample --step=2000
+    python main.py --workdir=runs/mnist --mode=eval
+    python main.py --workdir=runs/mnist --mode=sample --step=2000
+    python main.py --list_configs
 
-Any config field can be overridden: --config.training.batch_size=256.
+Without --config, a workdir that holds a run uses its config.json (sampling,
+evaluating, editing, resuming). Any config field can be overridden:
+--config.training.batch_size=256.
 SIGTERM or Ctrl-C stops training after a checkpoint, sampling after the current batch
 (exit 0); the same command resumes.
 """
@@ -17,11 +20,16 @@ import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from jaxdiff.commands import config_flag
+from jaxdiff.core.errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.")
+config_flag.define_config_flag()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_bool(
+    "list_configs", False, "Print the config files, their variants and what each is; exit."
+)
 flags.DEFINE_enum(
     "mode",
     "train",
@@ -60,7 +68,6 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def fail(message: object) -> None:
@@ -75,23 +82,23 @@ def fail(message: object) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with config-override mistakes (unknown field, bad value) as one line."""
+    """absl's parsing, with config mistakes (a bad file, unknown field, bad value) as one line.
+
+    Without --config, a --workdir that holds a run supplies its config.json.
+    """
     try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        text = str(e)
-        if "Traceback" in text:  # An exception inside the config file: keep its last line.
-            text = f"{text.split('Traceback')[0].strip()} {text.strip().splitlines()[-1].strip()}"
-        fail(text)
+        return FLAGS(config_flag.with_run_config(argv))
+    except (UserError, flags.Error) as e:  # UserError: the config file (missing, broken, ...).
+        fail(e)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        detail = str(e).replace("\\'", "").replace("\\n", ". ").strip("'\"")
+        detail = str(e).replace("\\'", "").replace("\\n", ". ")
+        if len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":
+            detail = detail[1:-1]  # A KeyError's message comes quoted.
         fail(f"bad --config override: {detail}")
 
 
 def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
     """Does what --mode says for the task the config names (`step`: --step, None if unset)."""
-    from jaxdiff.core.errors import UserError
-
     task = config.task
     if task not in ("diffusion", "classifier"):
         raise UserError(f"unknown task {task!r}; choose one of ['classifier', 'diffusion']")
@@ -112,7 +119,8 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
         from jaxdiff.training import classifier
 
         if mode == "train":
-            classifier.train_classifier(config, workdir, FLAGS.allow_config_change)
+            name = FLAGS["config"].config_filename
+            classifier.train_classifier(config, workdir, FLAGS.allow_config_change, name)
         elif mode == "eval":
             print(classifier.test_accuracy_line(workdir, config))
         else:
@@ -120,7 +128,9 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
     elif mode == "train":
         from jaxdiff.training.score import train_and_evaluate
 
-        train_and_evaluate(config, workdir, FLAGS.allow_config_change)
+        # The name summary.json records: the --config argument (a run's config.json if none).
+        name = FLAGS["config"].config_filename
+        train_and_evaluate(config, workdir, FLAGS.allow_config_change, config_name=name)
     elif mode == "sample":
         from jaxdiff.commands import sample
 
@@ -140,14 +150,21 @@ def run_mode(mode: str, config, workdir: str, step: int | None = None) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.list_configs:
+        from jaxdiff import configs
+
+        print("\n".join(configs.list_configs()))
+        return
+    try:
+        config_flag.check_workdir(FLAGS.workdir)
+        if FLAGS.config is None:
+            raise UserError(config_flag.missing_config(FLAGS.mode, FLAGS.workdir))
+    except UserError as e:
+        fail(e)
     # Our progress lines at INFO; libraries (orbax is chatty) at WARNING.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
-    try:
-        config = FLAGS.config
-        config.keys()  # A proxy until here: config_flags defers load errors to first use.
-    except OSError as e:  # config_flags defers a missing/broken config file to first use.
-        fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
+    config = FLAGS.config
 
     if FLAGS.keep_freed_memory:  # Before JAX starts: the setting needs it.
         from jaxdiff.core.host_memory import keep_freed_memory
@@ -155,7 +172,6 @@ def main(argv: list[str]) -> None:
         keep_freed_memory()
 
     from jaxdiff.core import parallel
-    from jaxdiff.core.errors import UserError
     from jaxdiff.core.preemption import Preempted
 
     if FLAGS.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -320,7 +320,8 @@ class Pipeline:
         Encoding runs the probability-flow ODE from the data up to t = 1
         (`edm`'s grid without churn, `steps` levels); decoding is `edm`
         without churn on the same grid, so the ends come back as a and b up
-        to the steps' error.
+        to the steps' error. Nothing is drawn at random, so there is no
+        `seed` (the same inputs give the same images) and no `sampler`.
 
         Args:
           a, b: uint8 (N, H, W, C) each.
@@ -344,10 +345,10 @@ class Pipeline:
     ) -> np.ndarray:
         """A conditional model's way from one class to another at fixed noise.
 
-        Each row keeps one noise draw and decodes it with `edm` without churn
-        under the condition (1 - f) embed(first) + f embed(second) for f from 0
-        to 1 (with guidance), so its ends are the two classes' samples from that
-        noise.
+        Each row keeps one noise draw (from `seed`) and decodes it with `edm`
+        without churn under the condition (1 - f) embed(first) + f embed(second)
+        for f from 0 to 1 (with guidance), so its ends are the two classes'
+        samples from that noise. There is no `sampler`: it is always that one.
 
         Returns:
           uint8 (rows, num, H, W, C).

@@ -204,7 +204,7 @@ def test_errors_are_user_errors_with_one_clear_message(tiny_run, tiny_cond_run, 
         match=re.escape(
             "(model.channels [8, 16, 16, 16] there, [8, 16, 16, 32] here; "
             "model.preconditioning 'edm' there, 'none' here); add "
-            "--config.model.channels=(8,16,16,16) --config.model.preconditioning=edm"
+            "'--config.model.channels=(8,16,16,16)' --config.model.preconditioning=edm"
         ),
     ):
         jaxdiff.load(workdir, config=other)

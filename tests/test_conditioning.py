@@ -42,6 +42,44 @@ def test_prompt_parsing(dataset, prompt, expected):
         assert parse_prompt(prompt, datasets.dataset_info(dataset)) == expected
 
 
+@pytest.mark.parametrize(
+    "dataset, prompt, expected",
+    [
+        ("cifar10", "a photo of a cat", [3]),
+        ("cifar10", "A CAT!", [3]),
+        ("cifar10", "a red car, a ship at sea", [1, 8]),
+        ("mnist", "a handwritten seven", [7]),
+        ("mnist", "the digit 7", [7]),
+        ("mnist", "seven, a handwritten 3", [7, 3]),
+        ("fashion_mnist", "a pair of ankle boots", [9]),
+        ("fashion_mnist", "a photo of an Ankle Boot", [9]),
+        # T-shirt/top, not also Shirt: "shirt" lies inside the longer name.
+        ("fashion_mnist", "a white t-shirt", [0]),
+        ("fashion_mnist", "a folded T-shirt/top", [0]),
+        ("fashion_mnist", "a striped shirt", [6]),
+    ],
+)
+def test_a_sentence_selects_the_one_class_it_names(dataset, prompt, expected):
+    assert parse_prompt(prompt, datasets.dataset_info(dataset)) == expected
+
+
+@pytest.mark.parametrize(
+    "dataset, prompt, message",
+    [
+        ("cifar10", "a cat and a dog", r"'a cat and a dog' .* names 2 classes \(cat, dog\)"),
+        ("fashion_mnist", "a shirt and a top", r"names 2 classes \(T-shirt/top, Shirt\)"),
+        ("mnist", "one seven", r"names 2 classes \(1, 7\)"),
+        # Whole words only: "catalog" and "cats" do not name "cat".
+        ("cifar10", "catalog", r"unknown class 'catalog' .* a sentence naming one of them"),
+        ("cifar10", "a catalog of cats", r"unknown class 'a catalog of cats'"),
+    ],
+)
+def test_a_sentence_naming_no_class_or_several_is_one_line(dataset, prompt, message):
+    with pytest.raises(UserError, match=message) as error:
+        parse_prompt(prompt, datasets.dataset_info(dataset))
+    assert "\n" not in str(error.value)
+
+
 def test_unknown_word_is_one_line_listing_the_valid_ones():
     with pytest.raises(UserError) as error:
         parse_prompt("cat,unicorn", datasets.dataset_info("cifar10"))

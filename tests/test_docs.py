@@ -165,7 +165,10 @@ def shrink(command: str) -> str:
         # A field the command sets itself keeps the command's value (given twice,
         # absl would concatenate tuples rather than replace them).
         own = set(re.findall(r"--config\.([\w.]+)=", command))
-        overrides = shrink_overrides(re.search(r"--config=(\S+)", command).group(1))
+        config = re.search(r"--config=(\S+)", command)
+        if config is None:  # The workdir's config.json, shrunk when the run was trained.
+            return command.replace("python main.py", f"{sys.executable} main.py", 1)
+        overrides = shrink_overrides(config.group(1))
         flags = " ".join(
             shlex.quote(f"--config.{name}={''.join(str(value).split())}")
             for name, value in overrides.items()

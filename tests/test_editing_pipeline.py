@@ -1,6 +1,9 @@
 """Controllable generation on tiny trained runs: Pipeline.inpaint, edit, interpolate and
 interpolate_classes, and `--mode=inpaint|edit|interpolate` (files and one-line errors)."""
 
+import dataclasses
+import inspect
+import json
 import shutil
 
 import numpy as np
@@ -13,6 +16,7 @@ from jaxdiff.core.errors import UserError
 from jaxdiff.core.visualize import save_png
 from jaxdiff.data import tfds_reader
 from jaxdiff.editing import controlled, inputs
+from jaxdiff.experiment import create_experiment
 
 from .conftest import cli_flags, tiny_overrides
 from .test_cli import assert_one_line_error, run_main, snapshot
@@ -145,6 +149,18 @@ def test_interpolate_ends_do_not_depend_on_num(pipe, digits):
     # The way between goes somewhere else than the ends.
     assert not np.array_equal(eight[:, 3], eight[:, 0])
     assert not np.array_equal(eight[:, 3], eight[:, -1])
+
+
+def test_interpolate_draws_nothing_at_random(pipe, digits):
+    """Hence no seed argument: another config seed gives the same frames."""
+    a, b = digits[0][0::2], digits[0][1::2]
+    config = pipe.config.copy_and_resolve_references()
+    config.seed = pipe.config.seed + 1
+    reseeded = dataclasses.replace(pipe, experiment=create_experiment(config))
+    np.testing.assert_array_equal(
+        reseeded.interpolate(a, b, 2, steps=5), pipe.interpolate(a, b, 2, steps=5)
+    )
+    assert "seed" not in inspect.signature(jaxdiff.Pipeline.interpolate).parameters
 
 
 def test_interpolate_refuses_unpaired_images_and_one_frame(pipe, digits):
@@ -339,3 +355,27 @@ def test_bad_editing_input_is_one_error_line(case, cli_workdir, tmp_path):
     before = snapshot(cli_workdir)
     assert_one_line_error(edit_main(cli_workdir, mode, *flags), *fragments)
     assert snapshot(cli_workdir) == before
+
+
+# ---------------------------------------------------------------------------
+# The record training leaves (here, where the session's tiny run is at hand)
+
+
+def test_training_left_a_summary_of_the_run(tiny_run):
+    """summary.json: the final step, and the last loss and throughput metrics.jsonl logged."""
+    import jax
+
+    _, workdir, state = tiny_run
+    with open(workdir / "summary.json") as f:
+        summary = json.load(f)
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert summary["component"] == "score model"
+    assert summary["config"] is None  # Trained from Python without a config name.
+    assert summary["steps"] == int(state.step) == 4
+    assert summary["final_loss"] == [r["loss"] for r in records if "loss" in r][-1]
+    throughputs = [r["images_per_sec"] for r in records if "images_per_sec" in r]
+    assert summary["images_per_sec"] == throughputs[-1]
+    assert summary["train_seconds"] > 0
+    assert (summary["jax"], summary["devices"]) == (jax.__version__, jax.device_count())
+    assert not (workdir / "summary.json.tmp").exists()

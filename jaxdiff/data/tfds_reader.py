@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from jaxdiff.core.errors import UserError
+from jaxdiff.core.errors import UserError, shell_command
 from jaxdiff.data import image_folder, prepare
 from jaxdiff.data.prepare import resolve_data_dir
 
@@ -61,8 +61,9 @@ def ensure_prepared(name: str, directory: str, download: bool) -> None:
         return
     if not download:
         raise UserError(
-            f"dataset {name!r} not found in {directory}: run `python -m jaxdiff.prepare "
-            f"{name} --data_dir={directory}`, or point TFDS_DATA_DIR or "
+            f"dataset {name!r} not found in {directory}: run "
+            f"`{shell_command('python', '-m', 'jaxdiff.prepare', name, f'--data_dir={directory}')}`"
+            ", or point TFDS_DATA_DIR or "
             f"--config.data.data_dir at a directory where it is prepared"
         )
     prepare.prepare(name, directory)

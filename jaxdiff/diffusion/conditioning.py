@@ -36,11 +36,13 @@ def parse_prompt(prompt: str, dataset: DatasetInfo) -> list[int]:
     """Class ids named by a comma-separated prompt, in order ("cat,dog", "3,5", "all").
 
     Each item is a class name or alias of `dataset` (any case; spaces and
-    punctuation ignored) or an integer label. An empty prompt gives [] (sample
-    unconditionally).
+    punctuation ignored), an integer label, or a sentence that names exactly
+    one class in whole words ("a photo of a cat", "a handwritten seven"). An
+    empty prompt gives [] (sample unconditionally).
 
     Raises:
-      UserError: one line naming the unknown item and listing the valid ones.
+      UserError: one line naming the item that names no class (listing the
+        valid ones) or several.
     """
     num_classes = dataset.num_classes
     if prompt.strip().lower() == ALL_CLASSES:
@@ -60,14 +62,55 @@ def parse_prompt(prompt: str, dataset: DatasetInfo) -> list[int]:
         elif _normalize(item) in vocabulary:
             label = vocabulary[_normalize(item)]
         else:
-            raise UserError(
-                f"unknown class {item!r} in sampling.prompt for {dataset.label}; valid: "
-                f"{describe_classes(dataset)}, integers 0-{num_classes - 1}, or '{ALL_CLASSES}'"
-            )
+            label = _sentence_class(item, dataset)
         labels.append(label)
     if prompt.strip() and not labels:
         raise UserError(f"sampling.prompt {prompt!r} names no class")
     return labels
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[0-9a-z]+", text.lower())
+
+
+def _sentence_class(item: str, dataset: DatasetInfo) -> int:
+    """The one class a sentence names: a class name or alias that occurs in it as whole words.
+
+    "a t-shirt" names T-shirt/top, not also Shirt: a name that lies inside a
+    longer name found at the same place does not count.
+
+    Raises:
+      UserError: the sentence names no class, or several.
+    """
+    words = _words(item)
+    vocabulary = _vocabulary(dataset)
+    names = [*((name, label) for label, name in enumerate(dataset.class_names))]
+    phrases = [(_words(name), label) for name, label in [*names, *dataset.aliases.items()]]
+    found = []  # (first word, end, label) of each occurrence
+    for i, word in enumerate(words):
+        if word in vocabulary:  # One word, also a name written together ("ankleboot").
+            found.append((i, i + 1, vocabulary[word]))
+        for phrase, label in phrases:
+            if len(phrase) > 1 and words[i : i + len(phrase)] == phrase:
+                found.append((i, i + len(phrase), label))
+    kept = {
+        label
+        for start, end, label in found
+        if not any(s <= start and end <= e and e - s > end - start for s, e, _ in found)
+    }
+    if len(kept) == 1:
+        return kept.pop()
+    if kept:
+        named = ", ".join(dataset.class_names[label] for label in sorted(kept))
+        raise UserError(
+            f"{item!r} in sampling.prompt names {len(kept)} classes ({named}); a sentence "
+            "must name exactly one (separate classes with commas)"
+        )
+    raise UserError(
+        f"unknown class {item!r} in sampling.prompt for {dataset.label}; valid: "
+        f"{describe_classes(dataset)}, integers 0-{dataset.num_classes - 1}, or "
+        f"'{ALL_CLASSES}', or a sentence naming one of them"
+    )
 
 
 def describe_classes(dataset: DatasetInfo) -> str:

@@ -142,9 +142,15 @@ class AutoencoderTrainer(Trainer):
     train_stream = random.Stream.AUTOENCODER_TRAINING
 
     def __init__(
-        self, experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
+        self,
+        experiment: Experiment,
+        workdir: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+        config_name: str | None = None,
     ):
-        super().__init__(experiment.config, experiment.mesh, _autoencoder_dir(workdir))
+        directory = _autoencoder_dir(workdir)
+        super().__init__(experiment.config, experiment.mesh, directory, config_name=config_name)
         self.experiment = experiment
         self.images, self.labels = images, labels
 
@@ -190,14 +196,19 @@ class AutoencoderTrainer(Trainer):
 
 
 def train_autoencoder(
-    experiment: Experiment, workdir: str, images: np.ndarray, labels: np.ndarray
+    experiment: Experiment,
+    workdir: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config_name: str | None = None,
 ) -> Any:
     """Stage 1: trains (or resumes, or skips when complete) the autoencoder.
 
     Returns:
       The autoencoder's EMA parameters.
     """
-    return AutoencoderTrainer(experiment, workdir, images, labels).train().ema_params
+    trainer = AutoencoderTrainer(experiment, workdir, images, labels, config_name)
+    return trainer.train().ema_params
 
 
 def load_autoencoder(experiment: Experiment, workdir: str) -> tuple[Any, float]:

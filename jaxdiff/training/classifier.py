@@ -22,7 +22,7 @@ import optax
 
 from jaxdiff.core import parallel, random
 from jaxdiff.core.compiler import jit
-from jaxdiff.core.errors import UserError
+from jaxdiff.core.errors import UserError, shell_command
 from jaxdiff.data import batches, datasets, streaming
 from jaxdiff.experiment import check_optimization
 from jaxdiff.models.classifier import Classifier
@@ -138,14 +138,17 @@ def check_classifier_config(config: ml_collections.ConfigDict) -> tuple[Classifi
 
 
 def train_classifier(
-    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool = False,
+    config_name: str | None = None,
 ) -> TrainState:
     """Trains (or resumes) the feature classifier in `workdir`, then measures test accuracy.
 
     The workdir holds what a score model's does: `config.json`,
     `metrics.jsonl` (the last record: the accuracy on `classifier.eval_split`), `checkpoints/`,
-    `loss.png`; it is locked while training and a stop signal saves a
-    checkpoint, as in `train_and_evaluate`.
+    `loss.png`, `summary.json` (recording `config_name` if given); it is locked
+    while training and a stop signal saves a checkpoint, as in `train_and_evaluate`.
 
     Returns:
       The final train state.
@@ -154,7 +157,8 @@ def train_classifier(
     model, mesh = check_classifier_config(config)
     images, labels = datasets.read_split(config.data, config.data.train_split)
     with training_workdir(config, workdir, allow_config_change) as workdir:
-        return ClassifierTrainer(config, model, mesh, workdir, images, labels).train()
+        trainer = ClassifierTrainer(config, model, mesh, workdir, images, labels, config_name)
+        return trainer.train()
 
 
 class ClassifierTrainer(Trainer):
@@ -173,8 +177,9 @@ class ClassifierTrainer(Trainer):
         workdir: str,
         images: np.ndarray,
         labels: np.ndarray,
+        config_name: str | None = None,
     ):
-        super().__init__(config, mesh, workdir)
+        super().__init__(config, mesh, workdir, config_name=config_name)
         self.model = model
         self.images, self.labels = images, labels
 
@@ -308,13 +313,14 @@ def _training_command(data_config: ml_collections.ConfigDict | None, workdir: st
     """The command that trains a classifier of `data_config`'s data into `workdir`."""
     dataset = "<dataset>" if data_config is None else data_config.dataset
     if dataset in datasets.BUILTIN_SHAPES or dataset == "<dataset>":
-        return f"python main.py --config=configs/classifier_{dataset}.py --workdir={workdir}"
-    if dataset == datasets.FOLDER:
-        config, data = "configs/folder64.py:classifier", f"--config.data.path={data_config.path}"
+        config, data = f"configs/classifier_{dataset}.py", []
+    elif dataset == datasets.FOLDER:
+        config, data = "configs/folder64.py:classifier", [f"--config.data.path={data_config.path}"]
     else:
-        config, data = "configs/classifier_cifar10.py", f"--config.data.dataset={dataset}"
-    size = f" --config.data.image_size={data_config.image_size}" if data_config.image_size else ""
-    return f"python main.py --config={config} {data}{size} --workdir={workdir}"
+        config, data = "configs/classifier_cifar10.py", [f"--config.data.dataset={dataset}"]
+    if data_config is not None and data_config.image_size:
+        data.append(f"--config.data.image_size={data_config.image_size}")
+    return shell_command("python", "main.py", f"--config={config}", *data, f"--workdir={workdir}")
 
 
 def _describe(data_config: ml_collections.ConfigDict) -> str:

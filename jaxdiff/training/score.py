@@ -16,6 +16,7 @@ import optax
 
 from jaxdiff import generation
 from jaxdiff.core import parallel, random
+from jaxdiff.core.errors import shell_command
 from jaxdiff.data import batches, datasets, streaming
 from jaxdiff.diffusion import conditioning
 from jaxdiff.diffusion.losses import (
@@ -38,7 +39,7 @@ from jaxdiff.training.state import (
     create_replicated_train_state,
     create_train_state,
 )
-from jaxdiff.training.trainer import Trainer
+from jaxdiff.training.trainer import Trainer, display_path
 from jaxdiff.training.workdir import training_workdir
 
 logger = logging.getLogger("jaxdiff")
@@ -250,12 +251,17 @@ def create_train_setup(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool = False,
+    config_name: str | None = None,
 ) -> TrainState:
     """Trains the score model, resuming from the newest checkpoint in `workdir`.
 
     Writes `config.json`, `metrics.jsonl`, `checkpoints/` and, at each checkpoint,
-    `samples/step_<step>.png` drawn with the EMA parameters. With
+    `samples/step_<step>.png` drawn with the EMA parameters; once complete,
+    `summary.json` (recording `config_name`, the config file's name, if given)
+    and a line saying where the checkpoint and samples are. With
     `autoencoder.enabled` (latent diffusion) the autoencoder is trained first
     in `workdir/autoencoder/` (skipped when complete) and the score model learns
     its scaled latents.
@@ -275,16 +281,24 @@ def train_and_evaluate(
     with training_workdir(config, workdir, allow_config_change) as workdir:
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        return _train(setup, workdir, images, labels)
+        return _train(setup, workdir, images, labels, config_name)
 
 
-def _train(setup: TrainSetup, workdir: str, images: np.ndarray, labels: np.ndarray) -> TrainState:
+def _train(
+    setup: TrainSetup,
+    workdir: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config_name: str | None = None,
+) -> TrainState:
     """The body of `train_and_evaluate`, once the workdir is locked and checked."""
     experiment = setup.experiment
     config = experiment.config
     autoencoder_params, latent_scale = None, None
     if experiment.autoencoder is not None:
-        autoencoder_params = autoencoder.train_autoencoder(experiment, workdir, images, labels)
+        autoencoder_params = autoencoder.train_autoencoder(
+            experiment, workdir, images, labels, config_name
+        )
         latents = encode_images(experiment, autoencoder_params, images)
         is_main = jax.process_index() == 0
         latent_scale = autoencoder.save_latent_scale(workdir, latents, is_main)
@@ -292,7 +306,8 @@ def _train(setup: TrainSetup, workdir: str, images: np.ndarray, labels: np.ndarr
     dataset = streaming.training_data(
         images, labels, experiment.mesh, config.data.on_device, random.score_batch_key
     )
-    return ScoreTrainer(setup, workdir, dataset, autoencoder_params, latent_scale).train()
+    trainer = ScoreTrainer(setup, workdir, dataset, autoencoder_params, latent_scale, config_name)
+    return trainer.train()
 
 
 class ScoreTrainer(Trainer):
@@ -314,10 +329,11 @@ class ScoreTrainer(Trainer):
         dataset: batches.DeviceDataset | streaming.HostStream,
         autoencoder_params: Any = None,
         latent_scale: float | None = None,
+        config_name: str | None = None,
     ):
         """`dataset`: images, or latents times `latent_scale` with the autoencoder's params."""
         experiment = setup.experiment
-        super().__init__(experiment.config, experiment.mesh, workdir, setup.tx)
+        super().__init__(experiment.config, experiment.mesh, workdir, setup.tx, config_name)
         self.setup, self.experiment = setup, experiment
         self.dataset = dataset
         self.autoencoder_params = autoencoder_params
@@ -352,6 +368,16 @@ class ScoreTrainer(Trainer):
             experiment.data_shape,
             experiment.mesh.size,
         )
+
+    def done_line(self, step: int, checkpoint_dir: str) -> str:
+        """Where the checkpoint and sample grids are, and the command that samples the run."""
+        line = super().done_line(step, checkpoint_dir)
+        if self.group.sample_at_checkpoints:
+            line += f", samples in {display_path(os.path.join(self.directory, 'samples'))}"
+        command = shell_command(
+            "python", "main.py", f"--workdir={display_path(self.directory)}", "--mode=sample"
+        )
+        return f"{line}; sample with: {command}"
 
     def on_checkpoint(self, step: int, state: TrainState, metrics_log: MetricsLog) -> None:
         if self.is_main:

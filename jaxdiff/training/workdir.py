@@ -17,12 +17,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxdiff.configs import default
+from jaxdiff.configs import RUN_CONFIG_FILE, default, read_json
 from jaxdiff.core import preemption
-from jaxdiff.core.errors import UserError
+from jaxdiff.core.errors import UserError, shell_command
 from jaxdiff.models import NETWORKS
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = RUN_CONFIG_FILE
 LOCK_FILE = ".lock"
 
 # Fields a resumed run may change freely: they decide how often the run logs,
@@ -92,30 +92,16 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
     JSON has no tuples, so lists become tuples again (every list-valued field
     is a tuple). The values are laid over `configs/default.py`, so a run
-    written before a field existed gets that field's default.
+    written before a field existed gets that field's default
+    (`jaxdiff.configs.read_json`).
 
     Raises:
-      UserError: no config.json in `workdir`.
+      UserError: no config.json in `workdir`, or one that cannot be read.
     """
     path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
     if not os.path.exists(path):
         raise UserError(f"no {CONFIG_FILE} in {os.path.dirname(path)}: pass the run's config")
-    with open(path) as f:
-        saved = json.load(f)
-    config = default.get_config()
-    _merge(config, saved)
-    return config
-
-
-def _merge(config: ml_collections.ConfigDict, values: dict, prefix: str = "") -> None:
-    for name, value in values.items():
-        if isinstance(value, dict) and isinstance(config.get(name), ml_collections.ConfigDict):
-            _merge(config[name], value, f"{prefix}{name}.")
-            continue
-        try:
-            config[name] = tuple(value) if isinstance(value, list) else value
-        except TypeError as e:  # ConfigDict refuses a value of another type.
-            raise UserError(f"{CONFIG_FILE}: field {prefix}{name}: {e}") from None
+    return read_json(path)
 
 
 def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, Any, Any]]:
@@ -189,8 +175,8 @@ def check_model_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     changes = [c for c in config_changes(config, workdir) if c[0].startswith(DEFINE_THE_MODEL)]
     if changes:
         listed = "; ".join(f"{field} {old!r} there, {new!r} here" for field, old, new in changes)
-        overrides = " ".join(
-            f"--config.{field}={_flag_value(_run_value(field, old))}" for field, old, _ in changes
+        overrides = shell_command(
+            *(f"--config.{f}={_flag_value(_run_value(f, old))}" for f, old, _ in changes)
         )
         raise UserError(
             f"{workdir} was trained with another model than this config describes ({listed}); "
@@ -212,9 +198,11 @@ def _default_fields() -> dict[str, Any]:
 
 
 def _flag_value(value: Any) -> str:
-    """A config.json value as a --config override spells it."""
+    """A config.json value as a --config override spells it: a list as a tuple literal."""
     if isinstance(value, list):
-        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+        # Strings in double quotes: the shell quoting of the whole argument stays readable.
+        items = [json.dumps(v) if isinstance(v, str) else _flag_value(v) for v in value]
+        return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
     return str(value)
 
 
