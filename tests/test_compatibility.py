@@ -10,6 +10,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -38,7 +39,10 @@ def test_a_run_written_before_samples_the_same_images(old_run):
     assert pipeline.step == 2
     images, labels = pipeline.sample(**make_run().SAMPLE)
     with np.load(RUN / "samples.npz") as saved:
-        np.testing.assert_array_equal(images, saved["images"])
+        if jax.__version_info__ >= (0, 10, 2):
+            np.testing.assert_array_equal(images, saved["images"])
+        else:  # An older XLA may round a sample's last bit otherwise: one grey level.
+            np.testing.assert_allclose(images.astype(int), saved["images"], atol=1)
         np.testing.assert_array_equal(labels, saved["labels"])
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend.core import jaxprs_in_params
+from jax.extend.core import ClosedJaxpr, Jaxpr
 from jaxdiff.configs import mnist
 
 from jaxdiff import ops
@@ -317,8 +317,12 @@ def _name_stacks(jaxpr) -> set[str]:
     stacks = set()
     for eqn in jaxpr.eqns:
         stacks.add(str(eqn.source_info.name_stack))
-        for sub in jaxprs_in_params(eqn.params):
-            stacks |= _name_stacks(sub)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple) else (param,):
+                if isinstance(sub, ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, Jaxpr):
+                    stacks |= _name_stacks(sub)
     return stacks
 
 

@@ -84,9 +84,11 @@ def checkpoint_arrays(workdir, step):
     path = workdir / "checkpoints" / str(step) / "default"
     checkpointer = ocp.StandardCheckpointer()
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    metadata = checkpointer.metadata(path)
+    # Newer orbax wraps the tree in a StepMetadata (its item_metadata).
+    metadata = getattr(metadata, "item_metadata", metadata)
     target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
-        checkpointer.metadata(path).item_metadata,
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), metadata
     )
     tree = checkpointer.restore(path, target)
     return {

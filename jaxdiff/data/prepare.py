@@ -19,6 +19,7 @@ recorded checksums.
 import contextlib
 import functools
 import gzip
+import importlib.util
 import io
 import os
 import sys
@@ -292,6 +293,11 @@ def prepare(name: str, data_dir: str, source_dir: str | None = None) -> str:
     """
     if name not in DATASET_NAMES:
         raise UserError(f"cannot prepare {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if importlib.util.find_spec("array_record") is None:
+        raise UserError(
+            f"cannot prepare {name!r}: TFDS's array_record format needs the array-record "
+            "package, which has no build for this platform"
+        )
     builder = _builders()[name](data_dir=data_dir, file_format="array_record")
     manual_dir = os.path.join(data_dir, "downloads", "manual")
     builder.source_dir = source_dir or manual_dir

@@ -30,7 +30,7 @@ from jaxdiff.core import parallel, random
 from jaxdiff.data import batches, streaming
 from jaxdiff.training.checkpoint import Checkpointer
 from jaxdiff.training.loop import TrainCall, compile_train_call, run_training
-from jaxdiff.training.reporting import MetricsLog
+from jaxdiff.training.reporting import MetricsLog, write_parameter_overview
 from jaxdiff.training.state import (
     TrainState,
     abstract_state,
@@ -167,6 +167,8 @@ class Trainer(abc.ABC):
                 state = create_replicated_state(self.create_state, key, self.mesh)
             dataset = self.training_data()
             self.on_start(state, dataset)
+            if self.is_main:
+                write_parameter_overview(self.directory, state.params)
             # Records past the checkpoint (logged by a run that was then killed) are dropped.
             metrics_log = MetricsLog(
                 self.directory, enabled=self.is_main, resume_step=int(state.step)
