@@ -2,15 +2,15 @@
 
     python benchmarks/device/bundle.py                 # -> .device_bundle/ (git-ignored)
 
-The machine has jax, flax, optax, orbax-checkpoint and PyTorch but not the data
-stack (tensorflow-datasets, array-record, ml-collections, clu): their wheels are
-copied from `--wheels`. The dataset (`--datasets`, from the TFDS data directory)
-is rewritten with its records compressed in groups (`--group_size` records per
-zstd block, level `--zstd`): TFDS writes each record compressed alone, and
-CIFAR-10's records share most of their bytes (the feature framing and the
-image headers), so grouping shrinks its folder to less than half. `tfds.data_source`
-reads either layout; the rewrite is checked record for record, then read back
-through `tfds.data_source` (`check_readable`).
+The machine has jax, flax, optax, orbax-checkpoint and PyTorch but not the data stack
+(tensorflow-datasets, array-record, ml-collections, clu, tensorboardX): their wheels are
+copied from `--wheels` (tensorboardX downloaded if it is not there). The dataset
+(`--datasets`, from the TFDS data directory) is rewritten with its records compressed in
+groups (`--group_size` records per zstd block, level `--zstd`): TFDS writes each record
+compressed alone, and CIFAR-10's records share most of their bytes (the feature framing
+and the image headers), so grouping shrinks its folder to less than half.
+`tfds.data_source` reads either layout; the rewrite is checked record for record, then
+read back through `tfds.data_source` (`check_readable`).
 
 Everything that travels to the machine (the tracked tree and the bundle) must
 stay under the device tool's 64 MiB; the script prints the total and exits 1
@@ -112,6 +112,10 @@ def main() -> None:
     for name in sorted(os.listdir(args.wheels)):
         if name.endswith(".whl"):
             shutil.copyfile(os.path.join(args.wheels, name), os.path.join(wheels, name))
+    # jaxdiff's TensorBoard writer, newer than the wheel folder: fetched from the package index.
+    if not any(name.lower().startswith("tensorboardx") for name in os.listdir(wheels)):
+        download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels]
+        subprocess.run([*download, "tensorboardX"], check=True)
     for name in args.datasets.split(","):
         source = os.path.join(args.data_dir, name)
         target = os.path.join(args.out, "tensorflow_datasets", name)
