@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -38,6 +39,16 @@ def machine() -> str:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} cores"
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux; 0 elsewhere)."""
+    if not os.path.exists("/proc/stat"):
+        return 0.0
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def flag(args: list[str], name: str, default: str | None = None) -> str | None:
@@ -75,6 +86,12 @@ def training_fields(workdir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the record's name: docs/records/NAME.json")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="what a reader must know about the measurement, e.g. that other work shared the "
+        "machine; the docs show it beside the figure",
+    )
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then main.py's flags")
     args = parser.parse_args()
     main_args = [a for a in args.main_args if a != "--"]
@@ -84,9 +101,13 @@ def main() -> None:
     mode = flag(main_args, "mode", "train")
     evals_before = set(glob.glob(os.path.join(workdir, "eval", "*.json")))
 
-    start = time.perf_counter()
+    start, busy_before = time.perf_counter(), busy_cpu_seconds()
     subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *main_args], check=True)
     wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The cores other processes kept busy meanwhile: a wall time measured beside other
+    # work is longer than the command's own.
+    others = (busy_cpu_seconds() - busy_before - usage.ru_utime - usage.ru_stime) / wall
 
     record = {
         "command": shlex.join(["python", "main.py", *main_args]),
@@ -94,7 +115,10 @@ def main() -> None:
         "machine": machine(),
         "jax": importlib.metadata.version("jax"),
         "wall_s": round(wall, 1),
+        "other_cores_busy": round(max(others, 0.0), 2),
     }
+    if args.note:
+        record["note"] = args.note
     if mode == "train":
         record.update(training_fields(workdir))
     elif mode == "eval":
