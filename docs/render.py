@@ -444,7 +444,9 @@ def readme_results_block() -> str:
         ),
     ]
     lines = ["| what | result | details |", "|---|---|---|"]
-    lines += [f"| {what} | {res} | [{page}](docs/{page}) |" for what, res, page in rows]
+    lines += [
+        f"| {what} | {res} | [{page.split('#')[0]}](docs/{page}) |" for what, res, page in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
