@@ -1,6 +1,7 @@
 """Shared fixtures: the test datasets, shrunken configs and runs trained once per session."""
 
 import hashlib
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -25,6 +26,14 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".
 # For the few tests whose time goes to running, not compiling (samplers over hundreds
 # of steps on thousands of draws): the default LLVM level for that one program.
 RUN_OPTIMIZED = {"xla_backend_optimization_level": 3}
+
+
+def load_script(path: pathlib.Path):
+    """A script outside the package (benchmarks/, docs/, tests/data/) imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def xla_flags(devices: int) -> str:

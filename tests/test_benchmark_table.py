@@ -1,24 +1,15 @@
 """benchmarks/run.py's tables: rows of several machines merged into one file, and rendered."""
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_script
 
-
-def _load_run():
-    spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load_run()
+run = load_script(ROOT / "benchmarks" / "run.py")
 
 CPU, GPU = "x86_64 CPU, 2 cores", "NVIDIA H200"
 

@@ -5,7 +5,6 @@ of commit 7ee3d19 (see make_run.py there). Networks' parameters and outputs from
 before `jaxdiff.ops` are checked in test_ops.py.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -17,14 +16,13 @@ import pytest
 import jaxdiff
 from jaxdiff.training.score import train_and_evaluate
 
+from .conftest import load_script
+
 RUN = pathlib.Path(__file__).parent / "data" / "run_7ee3d19"
 
 
 def make_run():
-    spec = importlib.util.spec_from_file_location("make_run", RUN / "make_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN / "make_run.py")
 
 
 @pytest.fixture

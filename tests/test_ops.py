@@ -2,7 +2,6 @@
 references, in value and both derivatives, and the forms they lower to; and
 checkpoints written before jaxdiff.ops existed, loaded by the current networks."""
 
-import importlib.util
 import pathlib
 import re
 
@@ -19,15 +18,14 @@ from jaxdiff.models import create_model
 from jaxdiff.models.layers import ConvTranspose, GroupNorm, resize_to
 from jaxdiff.ops import conv as conv_ops
 
+from .conftest import load_script
+
 
 def _load_checkpoint_maker():
     """tests/data/checkpoint_before_ops/make_checkpoint.py, as a module: the small
     networks, their inputs and what is compared."""
     path = pathlib.Path(__file__).parent / "data" / "checkpoint_before_ops" / "make_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("make_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 make_checkpoint = _load_checkpoint_maker()

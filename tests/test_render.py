@@ -1,21 +1,12 @@
 """docs/render.py: the docs' figures are what their records say, and rendering is exact."""
 
-import importlib.util
 import json
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_script
 
-
-def _load_render():
-    spec = importlib.util.spec_from_file_location("docs_render", ROOT / "docs" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
+render = load_script(ROOT / "docs" / "render.py")
 
 
 @pytest.mark.parametrize("page", render.PAGES, ids=lambda p: p.name)
