@@ -71,6 +71,15 @@ def both(values: list[str]) -> str:
     return " / ".join(values)
 
 
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, one line per row."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |\n"
+
+    return line(header) + "|" + "---|" * len(header) + "\n" + "".join(map(line, rows))
+
+
 def cmd(r: dict) -> str:
     """A record's command as inline code."""
     return f"`{r['command']}`"
@@ -236,11 +245,12 @@ def samplers_block() -> str:
 
 def editing_block() -> str:
     rows = result("editing_quality")["rows"]
-    lines = ["| what | classifier accuracy | sampling time |", "|---|---|---|"]
-    for r in rows:
-        time = duration(r["seconds"]) if r["seconds"] else ""
-        lines.append(f"| {r['name']} | {pct(r['accuracy'], 1)} | {time} |")
-    return "\n".join(lines) + "\n\n(" + result_link("editing_quality") + ")\n"
+    cells = [
+        [r["name"], pct(r["accuracy"], 1), duration(r["seconds"]) if r["seconds"] else ""]
+        for r in rows
+    ]
+    header = ["what", "classifier accuracy", "sampling time"]
+    return table(header, cells) + "\n(" + result_link("editing_quality") + ")\n"
 
 
 def speed_ratio(rows: list[dict], pixel: str, latent: str) -> float:
@@ -258,38 +268,39 @@ LATENT_VS_PIXEL = {
 
 
 def latent_vs_pixel_block() -> str:
-    lines = [
-        "| dataset | pixel space | latent | latent / pixel | batch | record |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for dataset, name in LATENT_VS_PIXEL.items():
         by_row = {r["row"]: r for r in result(name)["rows"]}
         p, q = by_row[dataset], by_row[f"{dataset}_latent"]
-        lines.append(
-            f"| {dataset} | {p['images_per_sec']:,.1f} images/s ({p['params']:,} parameters) | "
-            f"{q['images_per_sec']:,.1f} images/s ({q['params']:,}) | "
-            f"{q['images_per_sec'] / p['images_per_sec']:.1f}x | {p['batch']} | "
-            f"{result_link(name)} |"
+        rows.append(
+            [
+                dataset,
+                f"{p['images_per_sec']:,.1f} images/s ({p['params']:,} parameters)",
+                f"{q['images_per_sec']:,.1f} images/s ({q['params']:,})",
+                f"{q['images_per_sec'] / p['images_per_sec']:.1f}x",
+                str(p["batch"]),
+                result_link(name),
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return table(["dataset", "pixel space", "latent", "latent / pixel", "batch", "record"], rows)
 
 
 def streaming_block() -> str:
-    lines = [
-        "| network | batch | on the device | streamed | streamed / on device "
-        "| host pipeline alone |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = ["network", "batch", "on the device", "streamed", "streamed / on device"]
+    rows = []
     for name in ("streaming_cifar10_cpu", "streaming_cifar10_small_cpu"):
         r = result(name)
-        channels = "/".join(map(str, r["model_channels"]))
-        lines.append(
-            f"| `unet`, {channels} channels | {r['batch_size']} | "
-            f"{r['images_per_sec_on_device']:,.1f} img/s | "
-            f"{r['images_per_sec_streamed']:,.1f} img/s | {r['streamed_over_on_device']:.2f} | "
-            f"{r['images_per_sec_pipeline_alone']:,.0f} img/s |"
+        rows.append(
+            [
+                f"`unet`, {'/'.join(map(str, r['model_channels']))} channels",
+                str(r["batch_size"]),
+                f"{r['images_per_sec_on_device']:,.1f} img/s",
+                f"{r['images_per_sec_streamed']:,.1f} img/s",
+                f"{r['streamed_over_on_device']:.2f}",
+                f"{r['images_per_sec_pipeline_alone']:,.0f} img/s",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return table([*header, "host pipeline alone"], rows)
 
 
 def memory_block() -> str:
@@ -298,13 +309,16 @@ def memory_block() -> str:
         "remat": "`model.remat=True`",
         "accum4": "`training.grad_accum_steps=4`",
     }
-    lines = ["| variant | train call memory | temporaries | images/s |", "|---|---|---|---|"]
-    for r in result("memory_options_folder64_cpu"):
-        lines.append(
-            f"| {labels.get(r['variant'], r['variant'])} | {r['total_bytes'] / 2**30:.2f} GiB | "
-            f"{r['temp_bytes'] / 2**30:.2f} GiB | {r['images_per_sec']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            labels.get(r["variant"], r["variant"]),
+            f"{r['total_bytes'] / 2**30:.2f} GiB",
+            f"{r['temp_bytes'] / 2**30:.2f} GiB",
+            f"{r['images_per_sec']:.2f}",
+        ]
+        for r in result("memory_options_folder64_cpu")
+    ]
+    return table(["variant", "train call memory", "temporaries", "images/s"], rows)
 
 
 CLASSIFIERS = {"MNIST": "classifier_mnist"}
@@ -358,15 +372,13 @@ def h100_rows() -> dict[tuple[str, str], tuple[float, float]]:
 def h100_block() -> str:
     rows = h100_rows()
     names = {"seed_uncond": "the original project's U-Net", "seed_cond": "its conditional one"}
-    lines = [
-        "| network | side | train images/s | samples/s | jaxdiff's speed-up (train, sampling) |",
-        "|---|---|---|---|---|",
-    ]
+    cells = []
     for (model, side), (train, sample) in rows.items():
         ours = rows[model, "jaxdiff"]
         ratio = "" if side == "jaxdiff" else f"{ours[0] / train:.2f}x, {ours[1] / sample:.2f}x"
-        lines.append(f"| {names[model]} | {side} | {train:,.1f} | {sample:,.2f} | {ratio} |")
-    return "\n".join(lines) + "\n"
+        cells.append([names[model], side, f"{train:,.1f}", f"{sample:,.2f}", ratio])
+    header = ["network", "side", "train images/s", "samples/s"]
+    return table([*header, "jaxdiff's speed-up (train, sampling)"], cells)
 
 
 def cpu_vs_torch() -> tuple[dict, dict]:
